@@ -1,0 +1,101 @@
+"""`python -m producer ask "QUERY" --memory-id ID [--limit TYPE=N ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import textwrap
+import time
+
+from pydantic import ValidationError
+
+from producer.client import RetrievalClient, RetrievalTimeout
+from schemas.messages import MemoryType, RetrievalResponse
+from schemas.settings import BrokerSettings
+
+DEFAULT_LIMITS = {
+    MemoryType.CONVERSATION: 3,
+    MemoryType.LONG_TERM: 3,
+    MemoryType.PROCEDURAL: 3,
+}
+
+
+def parse_limit(text: str) -> tuple[MemoryType, int]:
+    name, _, count = text.partition("=")
+    try:
+        return MemoryType(name), int(count or 5)
+    except ValueError:
+        types = ", ".join(t.value for t in MemoryType)
+        raise argparse.ArgumentTypeError(f"expected TYPE=N with TYPE one of {types}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m producer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="retrieve memories for one query over RPC")
+    ask.add_argument("query")
+    ask.add_argument("--memory-id", required=True)
+    ask.add_argument(
+        "--limit",
+        type=parse_limit,
+        action="append",
+        metavar="TYPE=N",
+        help="hits per memory type (repeatable); default: conversation, long-term, procedural x3",
+    )
+    ask.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    ask.add_argument("--json", action="store_true", help="print the raw response")
+    args = parser.parse_args(argv)
+    limits = dict(args.limit) if args.limit else DEFAULT_LIMITS
+    return asyncio.run(_ask(args.query, args.memory_id, limits, args.timeout, args.json))
+
+
+async def _ask(
+    query: str, memory_id: str, limits: dict[MemoryType, int], timeout: float, as_json: bool
+) -> int:
+    started = time.perf_counter()
+    try:
+        async with RetrievalClient(BrokerSettings(), timeout=timeout) as client:
+            response = await client.retrieve(query, memory_id, limits)
+    except ValidationError as exc:
+        print(f"invalid request: {exc}", file=sys.stderr)
+        return 2
+    except RetrievalTimeout as exc:
+        print(f"{exc}: is a worker running? (python -m worker run)", file=sys.stderr)
+        return 1
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if as_json:
+        print(response.model_dump_json(indent=2))
+    else:
+        print(render(query, response, elapsed_ms))
+    return 0 if response.status == "ok" else 1
+
+
+def render(query: str, response: RetrievalResponse, round_trip_ms: float | None = None) -> str:
+    """A readable table of a response: hits per memory type, then the timings."""
+    lines = [f"Q: {query}"]
+    if response.error is not None:
+        lines.append(f"  error {response.error.code}: {response.error.message}")
+    now = time.time()
+    for memory_type, hits in response.results.items():
+        lines.append(f"  {memory_type.value} ({len(hits)})")
+        if not hits:
+            lines.append("    (no memories)")
+        for rank, hit in enumerate(hits, start=1):
+            age_days = max(0.0, now - hit.timestamp) / 86400
+            who = f"[{hit.role}] " if hit.role else ""
+            text = textwrap.shorten(f"{who}{hit.content}", width=86, placeholder="...")
+            lines.append(
+                f"    {rank}. signal {hit.signal:.3f}  cos {hit.score:+.3f}  "
+                f"{age_days:5.1f}d  {text}"
+            )
+    t = response.timings
+    timing = (
+        f"  timings: queue {t.queue_ms:.1f} ms, embed {t.embed_ms:.1f} ms, "
+        f"search {t.search_ms:.1f} ms, worker total {t.total_ms:.1f} ms, "
+        f"batch of {response.batch_size}"
+    )
+    if round_trip_ms is not None:
+        timing += f", round trip {round_trip_ms:.1f} ms"
+    lines.append(timing)
+    return "\n".join(lines)

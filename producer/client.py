@@ -1,0 +1,202 @@
+"""Publish-and-await RPC over RabbitMQ.
+
+One durable reply queue per client instance (with x-expires, so it is cleaned
+up after the client leaves), named by the client's id so it keeps its name
+across reconnects. Replies are matched by correlation id; a second reply for the
+same request (a redelivery answered twice) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import aio_pika
+import structlog
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError
+
+from schemas.messages import (
+    CONTENT_TYPE,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION,
+    MemoryType,
+    RankWeights,
+    RetrievalRequest,
+    RetrievalResponse,
+)
+from schemas.settings import BrokerSettings
+
+log = structlog.get_logger(__name__)
+
+Limits = Mapping[MemoryType, int] | Mapping[str, int]
+
+
+class RetrievalTimeout(TimeoutError):
+    """No reply within the call's timeout; the request may still be answered later."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to retrieve: one query text, one memory_id, a hit limit per memory type."""
+
+    query: str
+    memory_id: str
+    limits: Limits
+    min_score: float | None = None
+    weights: RankWeights | None = None
+
+
+class RetrievalClient:
+    def __init__(
+        self,
+        settings: BrokerSettings | None = None,
+        *,
+        client_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings or BrokerSettings()
+        self.client_id = client_id or uuid.uuid4().hex
+        self.timeout = timeout
+        self.dropped_replies = 0
+        self._topology = self.settings.topology
+        self._pending: dict[str, asyncio.Future[RetrievalResponse]] = {}
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._reply_queue: AbstractQueue | None = None  # strong ref for robust reconnects
+
+    async def __aenter__(self) -> RetrievalClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def reply_queue_name(self) -> str:
+        return self._topology.reply(self.client_id).name
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": f"recallq-client {self.client_id}"},
+        )
+        self._channel = await self._connection.channel(on_return_raises=True)
+        await self._topology.declare_shared(self._channel)
+        self._reply_queue = await self._topology.reply(self.client_id).declare(self._channel)
+        await self._reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def close(self) -> None:
+        for future in list(self._pending.values()):
+            future.cancel()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def submit(
+        self, query: Query, *, request_id: str | None = None, timeout: float | None = None
+    ) -> asyncio.Future[RetrievalResponse]:
+        """Publish one request (awaiting the broker's confirm); the future gets its reply."""
+        if self._channel is None:
+            raise RuntimeError("RetrievalClient is not connected: use `async with`")
+        timeout = self.timeout if timeout is None else timeout
+        request = RetrievalRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            query=query.query,
+            memory_id=query.memory_id,
+            limits={MemoryType(key): value for key, value in query.limits.items()},
+            deadline_ms=int((time.time() + timeout) * 1000),
+            min_score=query.min_score,
+            weights=query.weights,
+        )
+        future: asyncio.Future[RetrievalResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        future.add_done_callback(lambda _: self._forget(request.request_id, future))
+        message = Message(
+            request.model_dump_json(exclude_none=True).encode(),
+            content_type=CONTENT_TYPE,
+            correlation_id=request.request_id,
+            reply_to=self.reply_queue_name,
+            headers={SCHEMA_HEADER: SCHEMA_VERSION},
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self._channel.default_exchange.publish(
+                message, self._topology.requests.name, mandatory=True
+            )
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _forget(self, request_id: str, future: asyncio.Future[RetrievalResponse]) -> None:
+        if self._pending.get(request_id) is future:
+            del self._pending[request_id]
+
+    async def retrieve(
+        self,
+        query: str,
+        memory_id: str,
+        limits: Limits,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        min_score: float | None = None,
+        weights: RankWeights | None = None,
+    ) -> RetrievalResponse:
+        """Retrieve and wait for the reply; raises RetrievalTimeout after `timeout` seconds."""
+        timeout = self.timeout if timeout is None else timeout
+        call = Query(query, memory_id, limits, min_score, weights)
+        future = await self.submit(call, request_id=request_id, timeout=timeout)
+        return await self.wait(future, timeout)
+
+    async def wait(
+        self, future: asyncio.Future[RetrievalResponse], timeout: float | None = None
+    ) -> RetrievalResponse:
+        """The reply a `submit` future gets, or RetrievalTimeout."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RetrievalTimeout(f"no reply within {timeout:.1f}s") from None
+
+    async def retrieve_many(
+        self, queries: Sequence[Query], *, concurrency: int = 64, timeout: float | None = None
+    ) -> list[RetrievalResponse]:
+        """Retrieve for every query with at most `concurrency` in flight; replies in order."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(query: Query) -> RetrievalResponse:
+            async with gate:
+                future = await self.submit(query, timeout=timeout)
+                return await self.wait(future, timeout)
+
+        return list(await asyncio.gather(*(one(query) for query in queries)))
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        try:
+            response = RetrievalResponse.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.warning("unreadable reply dropped", error=str(exc).splitlines()[0])
+            return
+        future = self._pending.get(response.request_id)
+        if future is None or future.done():
+            self.dropped_replies += 1
+            log.debug("duplicate or late reply dropped", request_id=response.request_id)
+            return
+        future.set_result(response)

@@ -1,0 +1,134 @@
+"""Messages exchanged over AMQP, as pydantic models.
+
+Requests are validated strictly: a field of the wrong type is an error, never
+coerced. That is what keeps a `{"$ne": null}` memory_id out of a store filter.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+SCHEMA_VERSION = 1
+SCHEMA_HEADER = "x-recallq-schema"
+CONTENT_TYPE = "application/json"
+
+
+class MemoryType(StrEnum):
+    """The memory collections, named as memorizz names them."""
+
+    CONVERSATION = "conversation_memory"
+    LONG_TERM = "long_term_memory"
+    PROCEDURAL = "procedural_memory"
+    WORKFLOW = "workflow_memory"
+    SHORT_TERM = "short_term_memory"
+    ENTITY = "entity_memory"
+    SUMMARIES = "summaries"
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    EXPIRED = "expired"
+    OVERLOADED = "overloaded"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL = "internal"
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+Limit = Annotated[StrictInt, Field(ge=1, le=100)]
+Weight = Annotated[float, Field(ge=0.0, le=10.0, strict=False)]
+
+
+class RankWeights(BaseModel):
+    """Weights of the memory signal; see worker.rank for the formula."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    relevance: Weight = 1.0
+    recency: Weight = 0.25
+    importance: Weight = 0.25
+    half_life_hours: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 168.0
+
+
+class RetrievalRequest(BaseModel):
+    """One retrieval: embed `query`, search each memory type in `limits` for `memory_id`."""
+
+    model_config = _STRICT
+
+    request_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    query: StrictStr
+    memory_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    limits: Annotated[dict[MemoryType, Limit], Field(min_length=1, max_length=8)]
+    deadline_ms: StrictInt | None = Field(
+        default=None, ge=0, description="Absolute epoch milliseconds; past it the reply is expired."
+    )
+    min_score: Annotated[float, Field(ge=-1.0, le=1.0, strict=False)] | None = Field(
+        default=None, description="Drop hits whose cosine similarity is below this."
+    )
+    weights: RankWeights | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        stripped = value.strip()
+        if not 1 <= len(stripped) <= 4096:
+            raise ValueError("query must be 1..4096 characters after stripping")
+        return stripped
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_is_object(cls, value: object) -> object:
+        # Strict mode would reject the str keys of JSON before the enum sees them.
+        if isinstance(value, dict):
+            return {MemoryType(key) if isinstance(key, str) else key: v for key, v in value.items()}
+        return value
+
+
+class MemoryHit(BaseModel):
+    """One retrieved memory, best first within its memory type."""
+
+    id: str
+    memory_type: MemoryType
+    content: str
+    summary_content: str | None = None
+    role: str | None = None
+    timestamp: float = Field(description="Epoch seconds.")
+    situational_tags: list[str] | None = None
+    importance: float | None = None
+    score: float = Field(description="Cosine similarity of query and memory, in [-1, 1].")
+    signal: float = Field(description="The rank score: relevance, recency and importance.")
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage on the worker."""
+
+    queue_ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class RetrievalResponse(BaseModel):
+    request_id: str
+    status: Literal["ok", "error"]
+    results: dict[MemoryType, list[MemoryHit]] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    timings: Timings = Field(default_factory=Timings)
+    batch_size: int = 0
+    worker_id: str = ""
+
+    @classmethod
+    def failure(
+        cls, request_id: str, code: ErrorCode, message: str, *, retryable: bool = False
+    ) -> RetrievalResponse:
+        error = ErrorInfo(code=code, message=message, retryable=retryable)
+        return cls(request_id=request_id, status="error", error=error)

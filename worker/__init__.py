@@ -1,0 +1,1 @@
+"""The recallq worker: consume, batch, embed, search, rank, reply."""

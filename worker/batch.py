@@ -1,0 +1,115 @@
+"""The micro-batcher: greedy dynamic batching with two lanes.
+
+A batch is dispatched as soon as the embedder asks for one (no timer by default,
+like Triton and text-embeddings-inference), so a lone request adds no latency
+and batches grow by themselves while the model is busy. A batch is capped by
+request count and by padded token cost (longest x count). The interactive lane
+fills a batch first; the bulk lane tops it up, so bulk work never delays an
+interactive request by more than one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Lane(StrEnum):
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry(Generic[T]):
+    item: T
+    tokens: int
+    arrived: float
+
+
+@dataclass
+class BatchLimits:
+    max_requests: int = 64
+    max_tokens: int = 16384
+    max_wait_s: float = 0.0
+
+
+@dataclass
+class Batcher(Generic[T]):
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._lanes: dict[Lane, deque[_Entry[T]]] = {lane: deque() for lane in Lane}
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._lanes.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, item: T, lane: Lane, tokens: int = 1) -> None:
+        self._lanes[lane].append(_Entry(item, max(1, tokens), self.clock()))
+        self._changed.set()
+
+    def close(self) -> None:
+        """Wake the dispatcher; `next_batch` returns [] from now on."""
+        self._closed = True
+        self._changed.set()
+
+    def drain(self) -> list[T]:
+        """Everything still waiting, in lane order (used on shutdown to requeue)."""
+        items = [entry.item for lane in Lane for entry in self._lanes[lane]]
+        for queue in self._lanes.values():
+            queue.clear()
+        return items
+
+    async def next_batch(self) -> list[T]:
+        """Wait for work, optionally up to max_wait for a fuller batch, and take a batch."""
+        while not len(self):
+            if self._closed:
+                return []
+            await self._wait_for_change(None)
+        if self._closed:
+            return []
+        if self.limits.max_wait_s > 0:
+            deadline = self._oldest_arrival() + self.limits.max_wait_s
+            while len(self) < self.limits.max_requests and not self._closed:
+                remaining = deadline - self.clock()
+                if remaining <= 0 or not await self._wait_for_change(remaining):
+                    break
+        return self._take()
+
+    async def _wait_for_change(self, timeout: float | None) -> bool:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _oldest_arrival(self) -> float:
+        return min(queue[0].arrived for queue in self._lanes.values() if queue)
+
+    def _take(self) -> list[T]:
+        batch: list[T] = []
+        longest = 0
+        for lane in Lane:
+            queue = self._lanes[lane]
+            while queue and len(batch) < self.limits.max_requests:
+                longest_if_taken = max(longest, queue[0].tokens)
+                padded_cost = longest_if_taken * (len(batch) + 1)
+                if batch and padded_cost > self.limits.max_tokens:
+                    return batch
+                longest = longest_if_taken
+                batch.append(queue.popleft().item)
+        return batch

@@ -1,0 +1,108 @@
+"""Consume both request lanes, decode and validate, and hand requests to the batcher.
+
+Invalid deliveries never reach the batcher: they go straight to the settle
+policy (an `invalid_request` reply, then dead-lettering).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import ValidationError
+
+from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, RetrievalRequest
+from schemas.topology import Topology
+from worker.batch import Batcher, Lane
+from worker.errors import InvalidMessage
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A valid request and the message it came in, until the message is settled."""
+
+    request: RetrievalRequest
+    message: AbstractIncomingMessage
+    lane: Lane
+    received: float  # time.monotonic() at arrival
+    dispatched: float = 0.0
+
+
+def decode(message: AbstractIncomingMessage) -> RetrievalRequest:
+    """The request in `message`, or InvalidMessage saying what is wrong with it."""
+    if message.content_type not in (None, "", CONTENT_TYPE):
+        raise InvalidMessage(f"content_type must be {CONTENT_TYPE}, got {message.content_type!r}")
+    version = (message.headers or {}).get(SCHEMA_HEADER, SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"unsupported {SCHEMA_HEADER} {version!r}; this worker speaks 1")
+    if not message.reply_to:
+        raise InvalidMessage("reply_to is missing: there is nowhere to send the result")
+    try:
+        text = message.body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return RetrievalRequest.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+InvalidHandler = Callable[[AbstractIncomingMessage, InvalidMessage], Awaitable[None]]
+
+
+class Consumer:
+    """One consumer per lane on one channel; prefetch is per consumer (quorum queues)."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        batcher: Batcher[Delivery],
+        count_tokens: Callable[[str], int],
+        on_invalid: InvalidHandler,
+    ) -> None:
+        self._channel = channel
+        self._topology = topology
+        self._batcher = batcher
+        self._count_tokens = count_tokens
+        self._on_invalid = on_invalid
+        self._queues: dict[Lane, AbstractQueue] = {}  # strong refs: robust reconnects need them
+        self._tags: dict[Lane, str] = {}
+
+    async def start(self) -> None:
+        queues = await self._topology.declare_shared(self._channel)
+        self._queues = {Lane.INTERACTIVE: queues["requests"], Lane.BULK: queues["bulk"]}
+        for lane, queue in self._queues.items():
+            self._tags[lane] = await queue.consume(self._callback(lane))
+        log.info("consuming", queues=[q.name for q in self._queues.values()])
+
+    async def stop(self) -> None:
+        """Stop new deliveries; what is already prefetched stays unacked for the caller."""
+        for lane, tag in list(self._tags.items()):
+            await self._queues[lane].cancel(tag)
+            del self._tags[lane]
+
+    def _callback(self, lane: Lane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                request = decode(message)
+            except InvalidMessage as exc:
+                await self._on_invalid(message, exc)
+                return
+            delivery = Delivery(request, message, lane, time.monotonic())
+            self._batcher.put(delivery, lane, self._count_tokens(request.query))
+
+        return on_message

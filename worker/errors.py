@@ -1,0 +1,27 @@
+"""The worker's few exceptions; each maps to one reply error code."""
+
+from __future__ import annotations
+
+from schemas.messages import ErrorCode
+
+
+class RecallqError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL
+    retryable: bool = False
+
+
+class InvalidMessage(RecallqError):
+    """The delivery cannot be turned into a valid request."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class StoreUnavailable(RecallqError):
+    """The memory store did not answer; the caller may retry."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+    retryable = True
+
+
+class ConfigError(RecallqError):
+    """A setting is wrong; raised at start, before any message is taken."""

@@ -1,0 +1,198 @@
+"""The worker: consume -> batch -> drop expired -> embed -> search + rank -> reply.
+
+The dispatch loop embeds one batch at a time and hands each embedded batch to
+its own task for search and reply, so batch N+1 embeds while batch N searches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+
+import aio_pika
+import structlog
+
+from schemas.messages import ErrorCode, RetrievalResponse, Timings
+from worker.batch import Batcher, BatchLimits
+from worker.consume import Consumer, Delivery
+from worker.embed import Embedder
+from worker.errors import RecallqError
+from worker.reply import Replier, requeue, retry_later
+from worker.search import search_and_rank
+from worker.settings import WorkerSettings
+from worker.store.base import MemoryStore, Vectors
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, embedder: Embedder, store: MemoryStore) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.store = store
+        self.stats = WorkerStats()
+        self.ready = asyncio.Event()
+        self._batch_ids = itertools.count(1)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._replier: Replier | None = None
+        self._batcher: Batcher[Delivery] = Batcher(
+            BatchLimits(settings.max_batch, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+        )
+
+    async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
+        """Serve until `stop` is set (or SIGTERM/SIGINT with handle_signals), then drain."""
+        stop = stop or asyncio.Event()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
+        )
+        async with connection:
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
+            reply_channel = await connection.channel(on_return_raises=True)
+            self._replier = Replier(reply_channel, self.settings.worker_id)
+            consumer = Consumer(
+                consume_channel,
+                self.settings.topology,
+                self._batcher,
+                self.embedder.count_tokens,
+                self._replier.refuse,
+            )
+            await consumer.start()
+            self.ready.set()
+            closer = asyncio.create_task(self._close_batcher_on(stop))
+            try:
+                await self._dispatch_loop()
+            finally:
+                closer.cancel()
+                await self._shutdown(consumer)
+
+    async def _close_batcher_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("stopping: no new batches")
+        self._batcher.close()
+
+    async def _dispatch_loop(self) -> None:
+        while batch := await self._batcher.next_batch():
+            await self._embed_and_hand_off(batch)
+
+    async def _shutdown(self, consumer: Consumer) -> None:
+        """Stop consuming, requeue what is only prefetched, finish what is in flight."""
+        await consumer.stop()
+        self._batcher.close()
+        for delivery in self._batcher.drain():
+            await requeue(delivery.message)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace_s)
+        log.info("worker stopped", **vars(self.stats))
+
+    async def _embed_and_hand_off(self, batch: list[Delivery]) -> None:
+        batch_id = next(self._batch_ids)
+        started = time.monotonic()
+        for delivery in batch:
+            delivery.dispatched = started
+        live = [d for d in batch if not self._answer_if_expired(d)]
+        if not live:
+            return
+        try:
+            vectors = await self.embedder.embed([d.request.query for d in live])
+        except Exception:
+            log.exception("embedding failed", batch_id=batch_id, size=len(live))
+            for delivery in live:
+                await retry_later(delivery.message)
+            return
+        embed_ms = (time.monotonic() - started) * 1000
+        self._spawn(self._search_and_reply(batch_id, live, vectors, embed_ms))
+
+    def _answer_if_expired(self, delivery: Delivery) -> bool:
+        deadline = delivery.request.deadline_ms
+        if deadline is None or deadline > time.time() * 1000:
+            return False
+        response = RetrievalResponse.failure(
+            delivery.request.request_id, ErrorCode.EXPIRED, "deadline passed before work began"
+        )
+        self._spawn(self._reply(delivery, response, batch_size=0))
+        return True
+
+    async def _search_and_reply(
+        self, batch_id: int, batch: list[Delivery], vectors: Vectors, embed_ms: float
+    ) -> None:
+        started = time.monotonic()
+        requests = [d.request for d in batch]
+        try:
+            results = await search_and_rank(
+                self.store,
+                requests,
+                vectors,
+                candidate_factor=self.settings.candidate_factor,
+                now=time.time(),
+            )
+        except RecallqError as exc:
+            log.warning("search failed", batch_id=batch_id, error=str(exc), code=exc.code)
+            await asyncio.gather(*(self._reply(d, _failure(d, exc), len(batch)) for d in batch))
+            return
+        except Exception:
+            log.exception("search crashed", batch_id=batch_id)
+            await asyncio.gather(*(retry_later(d.message) for d in batch))
+            return
+        search_ms = (time.monotonic() - started) * 1000
+        responses = [
+            RetrievalResponse(
+                request_id=d.request.request_id,
+                status="ok",
+                results=hits,
+                timings=Timings(embed_ms=embed_ms, search_ms=search_ms),
+            )
+            for d, hits in zip(batch, results, strict=True)
+        ]
+        replies = zip(batch, responses, strict=True)
+        await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in replies))
+        self._count(len(batch))
+        log.info(
+            "batch done",
+            batch_id=batch_id,
+            size=len(batch),
+            embed_ms=round(embed_ms, 2),
+            search_ms=round(search_ms, 2),
+            total_ms=round((time.monotonic() - batch[0].dispatched) * 1000, 2),
+        )
+
+    async def _reply(
+        self, delivery: Delivery, response: RetrievalResponse, batch_size: int
+    ) -> None:
+        assert self._replier is not None
+        response.batch_size = batch_size
+        response.timings.queue_ms = (delivery.dispatched - delivery.received) * 1000
+        response.timings.total_ms = (time.monotonic() - delivery.received) * 1000
+        await self._replier.answer(delivery.message, response)
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    def _count(self, size: int) -> None:
+        self.stats.batches += 1
+        self.stats.requests += size
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
+
+
+def _failure(delivery: Delivery, error: RecallqError) -> RetrievalResponse:
+    return RetrievalResponse.failure(
+        delivery.request.request_id, error.code, str(error), retryable=error.retryable
+    )

@@ -1,0 +1,61 @@
+"""Ranking by memory signal: relevance, recency and importance.
+
+    signal = w_rel * (1 + cos) / 2 + w_rec * 0.5 ** (age_hours / half_life) + w_imp * importance
+
+Candidates arrive as the best `limit x candidate_factor` by cosine; the signal
+re-orders them and the top `limit` are returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from schemas.messages import MemoryHit, RankWeights
+from worker.store.base import Candidate
+
+DEFAULT_WEIGHTS = RankWeights()
+DEFAULT_IMPORTANCE = 0.5
+
+
+def memory_signal(candidate: Candidate, now: float, weights: RankWeights) -> float:
+    memory = candidate.memory
+    age_hours = max(0.0, now - memory.timestamp) / 3600.0
+    recency = math.pow(0.5, age_hours / weights.half_life_hours)
+    importance = DEFAULT_IMPORTANCE if memory.importance is None else memory.importance
+    relevance = (1.0 + candidate.score) / 2.0
+    return (
+        weights.relevance * relevance + weights.recency * recency + weights.importance * importance
+    )
+
+
+def rank(
+    candidates: Sequence[Candidate],
+    *,
+    limit: int,
+    now: float,
+    weights: RankWeights | None = None,
+    min_score: float | None = None,
+) -> list[MemoryHit]:
+    """The top `limit` candidates by signal, best first (ties: higher cosine, then id)."""
+    weights = weights or DEFAULT_WEIGHTS
+    kept = [c for c in candidates if min_score is None or c.score >= min_score]
+    scored = [(memory_signal(c, now, weights), c) for c in kept]
+    scored.sort(key=lambda pair: (-pair[0], -pair[1].score, pair[1].memory.id))
+    return [_hit(candidate, signal) for signal, candidate in scored[:limit]]
+
+
+def _hit(candidate: Candidate, signal: float) -> MemoryHit:
+    memory = candidate.memory
+    return MemoryHit(
+        id=memory.id,
+        memory_type=memory.memory_type,
+        content=memory.content,
+        summary_content=memory.summary_content,
+        role=memory.role,
+        timestamp=memory.timestamp,
+        situational_tags=list(memory.situational_tags) if memory.situational_tags else None,
+        importance=memory.importance,
+        score=candidate.score,
+        signal=signal,
+    )

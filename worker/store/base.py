@@ -1,0 +1,66 @@
+"""What every memory store takes and gives: memories, search groups, candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.messages import MemoryType
+
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A stored memory, without its embedding."""
+
+    id: str
+    memory_id: str
+    memory_type: MemoryType
+    content: str
+    timestamp: float
+    summary_content: str | None = None
+    role: str | None = None
+    situational_tags: tuple[str, ...] | None = None
+    importance: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    memory: Memory
+    score: float  # cosine similarity of query and memory
+
+
+@dataclass(frozen=True)
+class SearchGroup:
+    """All queries of a batch that search the same (memory type, memory_id).
+
+    Grouping lets an exact store score the whole group with one matrix multiply.
+    `ks[i]` is how many candidates query `vectors[i]` wants.
+    """
+
+    memory_type: MemoryType
+    memory_id: str
+    vectors: Vectors
+    ks: tuple[int, ...]
+
+
+GroupResult = list[list[Candidate]]  # per query of the group, best first
+
+
+class MemoryStore(Protocol):
+    async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
+        """Top candidates for every query of every group, in the order given."""
+        ...
+
+    async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None: ...
+
+    async def ensure_indexes(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...

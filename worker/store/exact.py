@@ -1,0 +1,36 @@
+"""Exact top-k by cosine: one matrix multiply per group, shared by every exact store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from worker.store.base import Candidate, Memory, Vectors
+
+
+def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tuple[int, float]]]:
+    """(row index, cosine) of the best `ks[i]` rows of `matrix` for `queries[i]`.
+
+    Both sides are L2-normalised, so the dot product is the cosine. Ties are broken
+    by row index so results are deterministic.
+    """
+    if matrix.shape[0] == 0:
+        return [[] for _ in ks]
+    scores = queries @ matrix.T
+    ranked = []
+    for row, k in zip(scores, ks, strict=True):
+        k = min(k, row.shape[0])
+        picked = np.argpartition(-row, k - 1)[:k]
+        order = np.lexsort((picked, -row[picked]))
+        ranked.append([(int(picked[i]), float(row[picked[i]])) for i in order])
+    return ranked
+
+
+def score_group(
+    memories: Sequence[Memory], matrix: Vectors, queries: Vectors, ks: Sequence[int]
+) -> list[list[Candidate]]:
+    return [
+        [Candidate(memories[index], score) for index, score in hits]
+        for hits in top_k(matrix, queries, ks)
+    ]

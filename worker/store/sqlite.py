@@ -1,0 +1,174 @@
+"""The embedded store: stdlib sqlite3 in WAL mode, exact search with numpy.
+
+All database work runs on one dedicated thread, so the event loop never blocks
+and the connection is never shared between threads. Each (memory type,
+memory_id) group is loaded once into a float32 matrix and cached; the cache is
+dropped when this store upserts or when `PRAGMA data_version` shows another
+process (an ingest) committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from schemas.messages import MemoryType
+from worker.errors import StoreUnavailable
+from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
+from worker.store.exact import score_group
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    memory_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    memory_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    summary_content TEXT,
+    role TEXT,
+    timestamp REAL NOT NULL,
+    situational_tags TEXT,
+    importance REAL,
+    embedding BLOB NOT NULL,
+    PRIMARY KEY (memory_type, id)
+);
+CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id);
+"""
+
+COLUMNS = (
+    "memory_type, id, memory_id, content, summary_content, role, timestamp, "
+    "situational_tags, importance, embedding"
+)
+
+GroupKey = tuple[MemoryType, str]
+GroupData = tuple[list[Memory], Vectors]
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, max_cached_groups: int = 4096) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._cache: OrderedDict[GroupKey, GroupData] = OrderedDict()
+        self._max_cached_groups = max_cached_groups
+        self._data_version = -1
+
+    async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
+        return await self._run(lambda: [self._search_group(group) for group in groups])
+
+    async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
+        rows = [_row(memory, vector) for memory, vector in zip(memories, embeddings, strict=True)]
+        await self._run(lambda: self._write(rows))
+
+    async def ensure_indexes(self) -> None:
+        await self._run(lambda: self._connection())
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": "sqlite", "path": str(self.path), "mode": "exact"}
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, work)
+        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connection()
+        with conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO memories ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+            )
+        self._cache.clear()
+
+    def _search_group(self, group: SearchGroup) -> GroupResult:
+        memories, matrix = self._group(group.memory_type, group.memory_id)
+        if matrix.shape[0] and matrix.shape[1] != group.vectors.shape[1]:
+            raise StoreUnavailable(
+                f"stored embeddings have {matrix.shape[1]} dims, the model gives "
+                f"{group.vectors.shape[1]}: re-ingest with the worker's model"
+            )
+        return score_group(memories, matrix, group.vectors, group.ks)
+
+    def _group(self, memory_type: MemoryType, memory_id: str) -> GroupData:
+        conn = self._connection()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection committed
+            self._cache.clear()
+            self._data_version = version
+        key = (memory_type, memory_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ? ORDER BY id",
+            (memory_type.value, memory_id),
+        ).fetchall()
+        memories = [_memory(row) for row in rows]
+        if rows:
+            matrix = np.vstack([np.frombuffer(row[9], dtype=np.float32) for row in rows])
+        else:
+            matrix = np.zeros((0, 0), dtype=np.float32)
+        self._cache[key] = (memories, matrix)
+        if len(self._cache) > self._max_cached_groups:
+            self._cache.popitem(last=False)
+        return memories, matrix
+
+
+def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
+    tags = json.dumps(list(memory.situational_tags)) if memory.situational_tags else None
+    return (
+        memory.memory_type.value,
+        memory.id,
+        memory.memory_id,
+        memory.content,
+        memory.summary_content,
+        memory.role,
+        memory.timestamp,
+        tags,
+        memory.importance,
+        np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+    )
+
+
+def _memory(row: tuple[Any, ...]) -> Memory:
+    return Memory(
+        memory_type=MemoryType(row[0]),
+        id=row[1],
+        memory_id=row[2],
+        content=row[3],
+        summary_content=row[4],
+        role=row[5],
+        timestamp=row[6],
+        situational_tags=tuple(json.loads(row[7])) if row[7] else None,
+        importance=row[8],
+    )
