@@ -17,7 +17,7 @@ import aio_pika
 import structlog
 
 from schemas.messages import ErrorCode, RetrievalResponse, Timings
-from worker.batch import Batcher, BatchLimits
+from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
 from worker.errors import RecallqError
@@ -160,9 +160,9 @@ class Worker:
             )
             for d, hits in zip(batch, results, strict=True)
         ]
+        self._count(len(batch))
         replies = zip(batch, responses, strict=True)
         await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in replies))
-        self._count(len(batch))
         log.info(
             "batch done",
             batch_id=batch_id,
@@ -179,7 +179,10 @@ class Worker:
         response.batch_size = batch_size
         response.timings.queue_ms = (delivery.dispatched - delivery.received) * 1000
         response.timings.total_ms = (time.monotonic() - delivery.received) * 1000
-        await self._replier.answer(delivery.message, response)
+        # Bulk results may wait hours in a job queue, so they survive a broker restart;
+        # an RPC caller waits seconds at most, so its reply skips the disk.
+        persistent = delivery.lane is Lane.BULK
+        await self._replier.answer(delivery.message, response, persistent=persistent)
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         task = asyncio.create_task(work)

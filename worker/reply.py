@@ -36,7 +36,9 @@ class Replier:
         self._worker_id = worker_id
         self.returned = 0
 
-    async def publish(self, reply_to: str, response: RetrievalResponse) -> None:
+    async def publish(
+        self, reply_to: str, response: RetrievalResponse, *, persistent: bool = False
+    ) -> None:
         """Publish and await the broker's confirm; a reply nobody can receive is logged."""
         response.worker_id = self._worker_id
         message = Message(
@@ -44,7 +46,7 @@ class Replier:
             content_type=CONTENT_TYPE,
             correlation_id=response.request_id,
             headers={SCHEMA_HEADER: SCHEMA_VERSION},
-            delivery_mode=DeliveryMode.PERSISTENT,
+            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )
         try:
             await self._channel.default_exchange.publish(message, reply_to, mandatory=True)
@@ -53,10 +55,16 @@ class Replier:
             self.returned += 1
             log.warning("reply returned", request_id=response.request_id, reply_to=reply_to)
 
-    async def answer(self, message: AbstractIncomingMessage, response: RetrievalResponse) -> None:
+    async def answer(
+        self,
+        message: AbstractIncomingMessage,
+        response: RetrievalResponse,
+        *,
+        persistent: bool = False,
+    ) -> None:
         """Reply, then ack: the request is done (answered `ok` or with a final error)."""
         try:
-            await self.publish(message.reply_to or "", response)
+            await self.publish(message.reply_to or "", response, persistent=persistent)
         except SETTLE_ERRORS as exc:
             log.warning("reply failed; requeueing", request_id=response.request_id, error=repr(exc))
             await requeue(message)

@@ -1,0 +1,102 @@
+"""`make demo`: seed the demo memories, start a worker, ask over RPC, print, stop.
+
+Everything runs against a fresh SQLite file under .demo/ and its own queue
+prefix, so the demo never touches another deployment's queues or data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+
+from producer.cli import DEFAULT_LIMITS, render
+from producer.client import Query, RetrievalClient
+from schemas.settings import BrokerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / ".demo"
+MEMORIES = ROOT / "data" / "demo" / "memories.jsonl"
+QUESTIONS = ROOT / "data" / "demo" / "questions.json"
+
+
+def main() -> int:
+    DEMO_DIR.mkdir(exist_ok=True)
+    db = DEMO_DIR / "recallq.db"
+    for path in DEMO_DIR.glob("recallq.db*"):
+        path.unlink()
+    env = {
+        **os.environ,
+        "RECALLQ_STORE_URL": f"sqlite:///{db}",
+        "RECALLQ_QUEUE_PREFIX": os.environ.get("RECALLQ_QUEUE_PREFIX", "recallq-demo"),
+        "RECALLQ_LOG_FORMAT": "json",
+    }
+    print(f"== 1. ingest {MEMORIES.relative_to(ROOT)} into {db.relative_to(ROOT)}", flush=True)
+    subprocess.run([sys.executable, "-m", "worker", "ingest", str(MEMORIES)], env=env, check=True)
+
+    log_path = DEMO_DIR / "worker.log"
+    print(f"== 2. start a worker (logs: {log_path.relative_to(ROOT)})", flush=True)
+    with log_path.open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stderr=log)
+        try:
+            settings = BrokerSettings(queue_prefix=env["RECALLQ_QUEUE_PREFIX"])
+            asyncio.run(ask_questions(settings, worker))
+        finally:
+            print("== 5. stop the worker with SIGTERM", flush=True)
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=60)
+            print(f"worker exited with code {code}")
+    return 0 if code == 0 else 1
+
+
+async def wait_for_worker(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:
+    """Bounded wait until a worker consumes the request queue (model loading takes seconds)."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with code {worker.returncode}; see its log")
+            queue = await channel.declare_queue(settings.topology.requests.name, passive=True)
+            if queue.declaration_result.consumer_count:
+                return
+            await asyncio.sleep(0.2)
+        raise SystemExit("the worker did not start consuming within 180 s")
+
+
+async def ask_questions(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:
+    questions = json.loads(QUESTIONS.read_text())
+    async with RetrievalClient(settings, timeout=60) as client:
+        await wait_for_worker(settings, worker)
+        print("== 3. ask the demo questions one at a time\n", flush=True)
+        for item in questions:
+            started = time.perf_counter()
+            response = await client.retrieve(item["query"], item["memory_id"], DEFAULT_LIMITS)
+            elapsed = (time.perf_counter() - started) * 1000
+            print(f"[{item['memory_id']}]")
+            print(render(item["query"], response, elapsed), end="\n\n", flush=True)
+
+        burst = [Query(q["query"], q["memory_id"], DEFAULT_LIMITS) for q in questions] * 30
+        print(f"== 4. the same questions {len(burst)} times, all in flight at once", flush=True)
+        started = time.perf_counter()
+        responses = await client.retrieve_many(burst, concurrency=len(burst))
+        elapsed = time.perf_counter() - started
+        ok = sum(r.status == "ok" for r in responses)
+        sizes = sorted({r.batch_size for r in responses}, reverse=True)
+        print(
+            f"{ok}/{len(burst)} ok in {elapsed:.2f} s ({len(burst) / elapsed:.0f} requests/s); "
+            f"batch sizes seen: {sizes[:8]}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

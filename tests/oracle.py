@@ -1,0 +1,78 @@
+"""A brute-force retrieval oracle written independently of the worker's code.
+
+It embeds every memory itself with the real model, filters by tenant and type
+in plain Python, sorts all cosines, and applies the documented signal formula.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+
+@dataclass(frozen=True)
+class Expected:
+    id: str
+    cosine: float
+    signal: float
+
+
+@dataclass
+class Oracle:
+    records: list[dict[str, Any]]
+    model: SentenceTransformer
+    matrix: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        texts = [record["content"] for record in self.records]
+        self.matrix = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+    def embed(self, query: str) -> np.ndarray:
+        return self.model.encode([query.strip()], normalize_embeddings=True)[0]
+
+    def retrieve(
+        self,
+        query: str,
+        memory_id: str,
+        memory_type: str,
+        limit: int,
+        *,
+        now: float,
+        weights: dict[str, float] | None = None,
+        min_score: float | None = None,
+        candidate_factor: int = 4,
+    ) -> list[Expected]:
+        w = {"relevance": 1.0, "recency": 0.25, "importance": 0.25, "half_life_hours": 168.0}
+        w.update(weights or {})
+        vector = self.embed(query)
+        pool = []
+        for row, record in enumerate(self.records):
+            if record["memory_id"] == memory_id and record["memory_type"] == memory_type:
+                pool.append((float(np.dot(self.matrix[row], vector)), record))
+        pool.sort(key=lambda pair: -pair[0])
+        pool = pool[: limit * candidate_factor]
+        ranked = []
+        for cosine, record in pool:
+            if min_score is not None and cosine < min_score:
+                continue
+            age_hours = max(0.0, now - record["timestamp"]) / 3600
+            signal = (
+                w["relevance"] * (1 + cosine) / 2
+                + w["recency"] * math.pow(0.5, age_hours / w["half_life_hours"])
+                + w["importance"] * record.get("importance", 0.5)
+            )
+            ranked.append(Expected(record["id"], cosine, signal))
+        ranked.sort(key=lambda e: -e.signal)
+        return ranked[:limit]
+
+
+def assert_hits_match(hits: list[Any], expected: list[Expected]) -> None:
+    """Same ids in the same order; scores equal up to float noise of batched encoding."""
+    assert [hit.id for hit in hits] == [e.id for e in expected]
+    for hit, want in zip(hits, expected, strict=True):
+        assert abs(hit.score - want.cosine) < 1e-4, (hit.id, hit.score, want.cosine)
+        assert abs(hit.signal - want.signal) < 1e-3, (hit.id, hit.signal, want.signal)

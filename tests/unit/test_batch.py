@@ -1,0 +1,91 @@
+"""Dispatch rules of the micro-batcher: greedy, capped, interactive first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.batch import Batcher, BatchLimits, Lane
+
+
+async def test_a_lone_request_is_dispatched_at_once() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=64))
+    batcher.put("only", Lane.INTERACTIVE)
+    assert await asyncio.wait_for(batcher.next_batch(), timeout=1) == ["only"]
+
+
+async def test_an_idle_dispatcher_wakes_on_the_first_request() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=64))
+    waiting = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0)  # let it block on the empty batcher
+    assert not waiting.done()
+    batcher.put("first", Lane.BULK)
+    assert await asyncio.wait_for(waiting, timeout=1) == ["first"]
+
+
+async def test_the_request_cap_splits_a_backlog_in_arrival_order() -> None:
+    batcher: Batcher[int] = Batcher(BatchLimits(max_requests=4))
+    for i in range(10):
+        batcher.put(i, Lane.INTERACTIVE)
+    batches = [await batcher.next_batch() for _ in range(3)]
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+async def test_the_token_cap_counts_padded_cost() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=100, max_tokens=100))
+    for name, tokens in [("a", 10), ("b", 10), ("c", 40), ("d", 10)]:
+        batcher.put(name, Lane.INTERACTIVE, tokens=tokens)
+    # a+b cost 2 x 10; adding c costs 3 x 40 = 120 > 100, so c starts the next batch.
+    assert await batcher.next_batch() == ["a", "b"]
+    assert await batcher.next_batch() == ["c", "d"]  # 2 x 40 = 80
+
+
+async def test_one_oversized_request_still_goes_alone() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=8, max_tokens=16))
+    batcher.put("huge", Lane.INTERACTIVE, tokens=500)
+    batcher.put("small", Lane.INTERACTIVE, tokens=4)
+    assert await batcher.next_batch() == ["huge"]
+    assert await batcher.next_batch() == ["small"]
+
+
+async def test_interactive_fills_first_and_bulk_tops_up() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=4))
+    for i in range(5):
+        batcher.put(f"bulk{i}", Lane.BULK)
+    batcher.put("rpc0", Lane.INTERACTIVE)
+    batcher.put("rpc1", Lane.INTERACTIVE)
+    assert await batcher.next_batch() == ["rpc0", "rpc1", "bulk0", "bulk1"]
+    assert await batcher.next_batch() == ["bulk2", "bulk3", "bulk4"]
+
+
+async def test_max_wait_holds_a_batch_until_it_fills() -> None:
+    batcher: Batcher[int] = Batcher(BatchLimits(max_requests=3, max_wait_s=30))
+    batcher.put(0, Lane.INTERACTIVE)
+    pending = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0)
+    assert not pending.done()  # greedy would have sent [0] already
+    batcher.put(1, Lane.INTERACTIVE)
+    await asyncio.sleep(0)
+    assert not pending.done()
+    batcher.put(2, Lane.BULK)
+    assert await asyncio.wait_for(pending, timeout=1) == [0, 1, 2]
+
+
+async def test_max_wait_gives_up_at_its_deadline() -> None:
+    clock = [100.0]
+    batcher: Batcher[int] = Batcher(BatchLimits(max_requests=3, max_wait_s=0.05), lambda: clock[0])
+    batcher.put(0, Lane.INTERACTIVE)
+    clock[0] += 1.0  # the oldest request has already waited past max_wait
+    assert await asyncio.wait_for(batcher.next_batch(), timeout=1) == [0]
+
+
+async def test_close_wakes_the_dispatcher_and_drain_returns_leftovers() -> None:
+    batcher: Batcher[str] = Batcher()
+    waiting = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0)
+    batcher.close()
+    assert await asyncio.wait_for(waiting, timeout=1) == []
+    batcher.put("late-bulk", Lane.BULK)
+    batcher.put("late-rpc", Lane.INTERACTIVE)
+    assert await batcher.next_batch() == []
+    assert batcher.drain() == ["late-rpc", "late-bulk"]
+    assert len(batcher) == 0

@@ -1,0 +1,35 @@
+"""Exact top-k against a brute-force sort."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.store.exact import top_k
+
+
+def normalised(rng: np.random.Generator, rows: int, dims: int) -> np.ndarray:
+    matrix = rng.standard_normal((rows, dims)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 60),
+    queries=st.integers(1, 5),
+    k=st.integers(1, 80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_top_k_equals_a_full_sort(rows: int, queries: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    matrix = normalised(rng, rows, 16) if rows else np.zeros((0, 16), np.float32)
+    vectors = normalised(rng, queries, 16)
+    ks = [max(1, k - i) for i in range(queries)]
+    got = top_k(matrix, vectors, ks)
+    for query, wanted_k, hits in zip(vectors, ks, got, strict=True):
+        cosines = [float(np.dot(row, query)) for row in matrix]
+        expected = sorted(range(rows), key=lambda i: -cosines[i])[:wanted_k]
+        assert [index for index, _ in hits] == expected
+        for index, score in hits:
+            assert abs(score - cosines[index]) < 1e-5

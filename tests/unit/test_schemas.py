@@ -1,0 +1,113 @@
+"""The wire contract: what a request may and may not be."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.export import COMMITTED_DIR, render_schemas
+from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse
+from schemas.topology import Topology
+
+GOOD: dict[str, Any] = {
+    "request_id": "r-1",
+    "query": "  where did I park?  ",
+    "memory_id": "agent:alice",
+    "limits": {"conversation_memory": 5, "long_term_memory": 1},
+}
+
+
+def parse(**changes: Any) -> RetrievalRequest:
+    body = {**GOOD, **changes}
+    return RetrievalRequest.model_validate_json(json.dumps(body))
+
+
+def test_good_request_is_parsed_and_query_stripped() -> None:
+    request = parse(deadline_ms=1_800_000_000_000, min_score=0.2, weights={"recency": 0.0})
+    assert request.query == "where did I park?"
+    assert request.limits == {MemoryType.CONVERSATION: 5, MemoryType.LONG_TERM: 1}
+    assert request.weights is not None and request.weights.recency == 0.0
+    assert request.weights.relevance == 1.0
+
+
+def test_python_callers_may_use_plain_strings_for_memory_types() -> None:
+    request = RetrievalRequest(request_id="r", query="q", memory_id="m", limits={"summaries": 2})
+    assert request.limits == {MemoryType.SUMMARIES: 2}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("query", "", "query"),
+        ("query", "   \n\t ", "query"),
+        ("query", "x" * 4097, "query"),
+        ("query", 42, "query"),
+        ("memory_id", {"$ne": None}, "memory_id"),
+        ("memory_id", {"$regex": ".*"}, "memory_id"),
+        ("memory_id", ["a", "b"], "memory_id"),
+        ("memory_id", 7, "memory_id"),
+        ("memory_id", "", "memory_id"),
+        ("memory_id", "m" * 257, "memory_id"),
+        ("request_id", "", "request_id"),
+        ("request_id", "r" * 129, "request_id"),
+        ("limits", {}, "limits"),
+        ("limits", {"conversation_memory": 0}, "limits"),
+        ("limits", {"conversation_memory": 101}, "limits"),
+        ("limits", {"conversation_memory": 2.5}, "limits"),
+        ("limits", {"conversation_memory": True}, "limits"),
+        ("limits", {"conversation_memory": "5"}, "limits"),
+        ("limits", {"not_a_memory": 3}, "limits"),
+        ("limits", [["conversation_memory", 3]], "limits"),
+        ("min_score", 1.5, "min_score"),
+        ("deadline_ms", -1, "deadline_ms"),
+        ("deadline_ms", "soon", "deadline_ms"),
+        ("weights", {"relevance": -1}, "weights"),
+        ("weights", {"half_life_hours": 0}, "weights"),
+        ("surprise", "field", "surprise"),
+    ],
+)
+def test_bad_requests_are_refused(field: str, value: Any, complaint: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse(**{field: value})
+    assert complaint in str(caught.value)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(literal: str) -> None:
+    text = json.dumps(GOOD)[:-1] + f', "min_score": {literal}}}'
+    with pytest.raises(ValidationError, match="min_score"):
+        RetrievalRequest.model_validate_json(text)
+
+
+def test_more_than_eight_memory_types_is_impossible_and_seven_is_fine() -> None:
+    every_type = {memory_type.value: 1 for memory_type in MemoryType}
+    assert len(parse(limits=every_type).limits) == 7
+
+
+def test_failure_response_carries_code_and_retryability() -> None:
+    response = RetrievalResponse.failure("r", "store_unavailable", "down", retryable=True)  # type: ignore[arg-type]
+    assert response.status == "error"
+    assert response.error is not None and response.error.retryable
+    assert response.results == {}
+
+
+def test_committed_json_schemas_match_the_models() -> None:
+    rendered = render_schemas()
+    committed = {path.name: path.read_text() for path in COMMITTED_DIR.glob("*.json")}
+    assert committed == rendered, "schemas/json is stale: run `make schemas` and commit"
+
+
+def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
+    topology = Topology("t1")
+    assert topology.requests.name == "t1.requests"
+    assert topology.bulk.name == "t1.bulk"
+    assert topology.reply("abc").name == "t1.reply.abc"
+    for spec in (topology.requests, topology.bulk):
+        assert spec.arguments["x-queue-type"] == "quorum"
+        assert spec.arguments["x-delivery-limit"] == 5
+        assert spec.arguments["x-dead-letter-routing-key"] == "t1.dead"
+    assert topology.reply("abc").arguments["x-expires"] == 60_000
+    assert topology.reply("abc").arguments["x-queue-type"] == "classic"

@@ -1,0 +1,90 @@
+"""The embedded store against a numpy oracle, tenant scoping and cross-process freshness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.messages import MemoryType
+from worker.errors import StoreUnavailable
+from worker.store.base import Memory, SearchGroup
+from worker.store.sqlite import SQLiteStore
+
+DIMS = 8
+
+
+def memories(memory_id: str, memory_type: MemoryType, count: int) -> list[Memory]:
+    return [
+        Memory(
+            id=f"{memory_id}-{memory_type.value}-{i}",
+            memory_id=memory_id,
+            memory_type=memory_type,
+            content=f"content {i}",
+            timestamp=1_700_000_000.0 + i,
+            role="user" if i % 2 else None,
+            situational_tags=("a", "b") if i % 3 == 0 else None,
+            importance=0.3 if i % 4 == 0 else None,
+        )
+        for i in range(count)
+    ]
+
+
+def vectors(rng: np.random.Generator, count: int) -> np.ndarray:
+    matrix = rng.standard_normal((count, DIMS)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = SQLiteStore(tmp_path / "memories.db")
+    await store.ensure_indexes()
+    yield store
+    await store.close()
+
+
+async def test_search_matches_numpy_and_stays_in_its_group(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(7)
+    owned = memories("alice", MemoryType.LONG_TERM, 30)
+    owned_vectors = vectors(rng, 30)
+    await store.upsert(owned, owned_vectors)
+    await store.upsert(memories("bob", MemoryType.LONG_TERM, 30), vectors(rng, 30))
+    await store.upsert(memories("alice", MemoryType.PROCEDURAL, 5), vectors(rng, 5))
+
+    queries = vectors(rng, 3)
+    [result] = await store.search([SearchGroup(MemoryType.LONG_TERM, "alice", queries, (5, 1, 40))])
+    for query, k, hits in zip(queries, (5, 1, 40), result, strict=True):
+        cosines = owned_vectors @ query
+        expected = [owned[i].id for i in np.argsort(-cosines)[:k]]
+        assert [c.memory.id for c in hits] == expected
+        assert all(c.memory.memory_id == "alice" for c in hits)
+        assert all(c.memory.memory_type == MemoryType.LONG_TERM for c in hits)
+    assert result[2][0].memory in owned  # fields survive the round trip
+
+
+async def test_unknown_group_is_empty(store: SQLiteStore) -> None:
+    group = SearchGroup(
+        MemoryType.SUMMARIES, "nobody", vectors(np.random.default_rng(1), 2), (3, 3)
+    )
+    assert await store.search([group]) == [[[], []]]
+
+
+async def test_another_connection_s_commit_is_seen(store: SQLiteStore, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    group = SearchGroup(MemoryType.CONVERSATION, "carol", vectors(rng, 1), (10,))
+    await store.upsert(memories("carol", MemoryType.CONVERSATION, 2), vectors(rng, 2))
+    assert len((await store.search([group]))[0][0]) == 2  # now cached
+
+    other = SQLiteStore(tmp_path / "memories.db")  # e.g. an ingest process
+    await other.upsert(memories("carol", MemoryType.CONVERSATION, 6), vectors(rng, 6))
+    await other.close()
+    assert len((await store.search([group]))[0][0]) == 6
+
+
+async def test_dimension_mismatch_is_a_clear_store_error(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(5)
+    await store.upsert(memories("dan", MemoryType.LONG_TERM, 2), vectors(rng, 2))
+    wrong = np.ones((1, DIMS * 2), dtype=np.float32)
+    with pytest.raises(StoreUnavailable, match="re-ingest"):
+        await store.search([SearchGroup(MemoryType.LONG_TERM, "dan", wrong, (1,))])
