@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, RetrievalRequest
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
-from worker.errors import InvalidMessage
+from worker.errors import InvalidMessage, describe_validation_error
 
 log = structlog.get_logger(__name__)
 
@@ -49,15 +49,7 @@ def decode(message: AbstractIncomingMessage) -> RetrievalRequest:
     try:
         return RetrievalRequest.model_validate_json(text)
     except ValidationError as exc:
-        raise InvalidMessage(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+        raise InvalidMessage(describe_validation_error(exc)) from None
 
 
 InvalidHandler = Callable[[AbstractIncomingMessage, InvalidMessage], Awaitable[None]]

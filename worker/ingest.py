@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from schemas.messages import MemoryType
 from worker.embed import Embedder
+from worker.errors import describe_validation_error
 from worker.store.base import Memory, MemoryStore
 
 
@@ -76,8 +77,10 @@ def read_records(path: Path, report: IngestReport) -> Iterator[Memory]:
                 continue
             try:
                 yield MemoryRecord.model_validate(json.loads(line)).to_memory()
-            except (ValueError, ValidationError) as exc:
-                report.bad_lines.append((number, str(exc).splitlines()[0]))
+            except ValidationError as exc:
+                report.bad_lines.append((number, describe_validation_error(exc)))
+            except ValueError as exc:  # not JSON
+                report.bad_lines.append((number, f"not JSON: {exc}"))
 
 
 async def ingest_file(

@@ -37,14 +37,13 @@ class WorkerSettings(BrokerSettings):
     prefetch: int = Field(
         default=0, ge=0, description="Unacked deliveries per lane consumer; 0 = 2 x max_batch."
     )
-    search_concurrency: int = Field(
-        default=32, ge=1, description="Store searches in flight at once."
-    )
     candidate_factor: int = Field(
         default=4, ge=1, le=20, description="Vector candidates per hit, re-ranked by signal."
     )
     worker_id: str = Field(default_factory=_default_worker_id, description="Shown in replies.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest log level written."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from schemas.export import COMMITTED_DIR, render_schemas
 from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse
 from schemas.topology import Topology
+from worker.settings_table import render_settings_table
 
 GOOD: dict[str, Any] = {
     "request_id": "r-1",
@@ -111,3 +113,10 @@ def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
         assert spec.arguments["x-dead-letter-routing-key"] == "t1.dead"
     assert topology.reply("abc").arguments["x-expires"] == 60_000
     assert topology.reply("abc").arguments["x-queue-type"] == "classic"
+
+
+def test_readme_settings_table_matches_the_settings_model() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert render_settings_table() in readme, (
+        "README settings table is stale: paste `python -m worker.settings_table`"
+    )
