@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +42,10 @@ class MemoryRecord(BaseModel):
     @classmethod
     def _epoch_seconds(cls, value: object) -> object:
         if isinstance(value, str):
-            return datetime.fromisoformat(value).timestamp()
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:  # a naive time is taken as UTC, never as local time
+                moment = moment.replace(tzinfo=UTC)
+            return moment.timestamp()
         return value
 
     def to_memory(self) -> Memory:

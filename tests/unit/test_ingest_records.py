@@ -15,7 +15,7 @@ def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path) -> None:
         "memory_id": "a",
         "memory_type": "long_term_memory",
         "content": "likes tea",
-        "timestamp": "2026-11-01T12:00:00+00:00",
+        "timestamp": "2026-11-01T12:00:00",
         "embedding": [0.1, 0.2],
     }
     lines = [
