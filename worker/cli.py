@@ -1,20 +1,23 @@
-"""`python -m worker run | ingest FILE.jsonl`."""
+"""`python -m worker run | init | ingest FILE.jsonl`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
 
 from worker.embed import Embedder
+from worker.errors import RecallqError
 from worker.ingest import ingest_file
 from worker.logs import configure_logging
 from worker.pipeline import Worker
 from worker.settings import WorkerSettings
-from worker.store import open_store
+from worker.store import MemoryStore, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="serve retrieval requests until SIGTERM")
+    commands.add_parser("init", help="create the store's indexes and wait until they serve")
     ingest = commands.add_parser("ingest", help="embed and store memories from a JSONL file")
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--batch-size", type=int, default=64)
@@ -30,35 +34,50 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = WorkerSettings()
     configure_logging(settings.log_level, settings.log_format)
-    if args.command == "run":
-        asyncio.run(_run(settings))
-        return 0
-    if not args.file.is_file():
-        print(f"no such file: {args.file}", file=sys.stderr)
-        return 2
-    return asyncio.run(_ingest(settings, args.file, args.batch_size))
+    try:
+        if args.command == "run":
+            asyncio.run(_run(settings))
+        elif args.command == "init":
+            asyncio.run(_init(settings))
+        else:
+            if not args.file.is_file():
+                print(f"no such file: {args.file}", file=sys.stderr)
+                return 2
+            return asyncio.run(_ingest(settings, args.file, args.batch_size))
+    except RecallqError as exc:
+        print(f"{args.command} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@asynccontextmanager
+async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, MemoryStore]]:
+    embedder = await asyncio.to_thread(Embedder.load, settings.embed_model, settings.embed_device)
+    store = open_store(settings, embedder.dimensions)
+    try:
+        yield embedder, store
+    finally:
+        await store.close()
+        embedder.close()
 
 
 async def _run(settings: WorkerSettings) -> None:
-    embedder = await asyncio.to_thread(Embedder.load, settings.embed_model, settings.embed_device)
-    store = open_store(settings.store_url)
-    await store.ensure_indexes()
-    log.info("store ready", **store.describe())
-    try:
+    async with _opened(settings) as (embedder, store):
+        await store.connect()
+        log.info("store ready", **store.describe())
         await Worker(settings, embedder, store).run(handle_signals=True)
-    finally:
-        await store.close()
-        embedder.close()
+
+
+async def _init(settings: WorkerSettings) -> None:
+    async with _opened(settings) as (_, store):
+        await store.ensure_indexes()
+        await store.connect()
+        print(f"store ready: {store.describe()}")
 
 
 async def _ingest(settings: WorkerSettings, path: Path, batch_size: int) -> int:
-    embedder = await asyncio.to_thread(Embedder.load, settings.embed_model, settings.embed_device)
-    store = open_store(settings.store_url)
-    try:
+    async with _opened(settings) as (embedder, store):
         report = await ingest_file(path, store, embedder, batch_size=batch_size)
-    finally:
-        await store.close()
-        embedder.close()
     for number, error in report.bad_lines:
         print(f"{path}:{number}: skipped: {error}", file=sys.stderr)
     print(f"stored {report.stored} memories, skipped {len(report.bad_lines)} bad lines")

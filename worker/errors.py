@@ -34,5 +34,9 @@ class StoreUnavailable(RecallqError):
     retryable = True
 
 
+class StoreMismatch(RecallqError):
+    """The store's data does not fit the model (dimensions differ): retrying cannot help."""
+
+
 class ConfigError(RecallqError):
     """A setting is wrong; raised at start, before any message is taken."""

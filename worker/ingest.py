@@ -96,7 +96,6 @@ async def ingest_file(
 ) -> IngestReport:
     report = IngestReport()
     total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
-    await store.ensure_indexes()
     with tqdm(total=total, unit="mem", desc="ingest", disable=not progress) as bar:
         batch: list[Memory] = []
         for memory in read_records(path, report):

@@ -22,6 +22,7 @@ from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
 from worker.errors import RecallqError
 from worker.reply import Replier, requeue, retry_later
+from worker.retry import batch_deadline
 from worker.search import search_and_rank
 from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore, Vectors
@@ -141,6 +142,7 @@ class Worker:
                 vectors,
                 candidate_factor=self.settings.candidate_factor,
                 now=time.time(),
+                deadline=batch_deadline(requests, self.settings.store_retry_s),
             )
         except RecallqError as exc:
             log.warning("search failed", batch_id=batch_id, error=str(exc), code=exc.code)

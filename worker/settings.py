@@ -37,6 +37,45 @@ class WorkerSettings(BrokerSettings):
     prefetch: int = Field(
         default=0, ge=0, description="Unacked deliveries per lane consumer; 0 = 2 x max_batch."
     )
+    search_concurrency: int = Field(
+        default=32, ge=1, le=1000, description="Store queries in flight at once (MongoDB)."
+    )
+    store_retry_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long store errors are retried for a request without a deadline.",
+    )
+    mongo_database: str = Field(
+        default="recallq",
+        pattern=r"^[A-Za-z0-9_-]{1,63}$",
+        description="MongoDB database holding one collection per memory type.",
+    )
+    mongo_search: Literal["auto", "vector", "exact"] = Field(
+        default="auto",
+        description="vector = $vectorSearch, exact = score in the worker, auto = probe at start.",
+    )
+    mongo_vector_exact: bool = Field(
+        default=False, description="Ask $vectorSearch for exact (ENN) instead of approximate."
+    )
+    mongo_vector_index: str = Field(
+        default="recallq_vector", description="Name of the vector search index per collection."
+    )
+    mongo_max_pool_size: int = Field(default=100, ge=1, description="PyMongo maxPoolSize.")
+    mongo_min_pool_size: int = Field(default=0, ge=0, description="PyMongo minPoolSize.")
+    mongo_max_connecting: int = Field(
+        default=8, ge=1, description="PyMongo maxConnecting: connections opened at once."
+    )
+    mongo_server_selection_timeout_ms: int = Field(
+        default=5000, ge=1, description="PyMongo serverSelectionTimeoutMS."
+    )
+    mongo_connect_timeout_ms: int = Field(default=5000, ge=1, description="connectTimeoutMS.")
+    mongo_socket_timeout_ms: int = Field(default=10000, ge=1, description="socketTimeoutMS.")
+    mongo_query_timeout_ms: int = Field(
+        default=5000, ge=1, description="maxTimeMS of every find and aggregate."
+    )
+    mongo_index_wait_s: float = Field(
+        default=300.0, gt=0, description="`worker init`: longest wait for a queryable index."
+    )
     candidate_factor: int = Field(
         default=4, ge=1, le=20, description="Vector candidates per hit, re-ranked by signal."
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from worker.settings import WorkerSettings
 
 BEGIN = "<!-- settings-table:begin -->"
@@ -17,5 +20,15 @@ def render_settings_table() -> str:
     return "\n".join([BEGIN, *rows, END])
 
 
+def update_readme(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    before, _, rest = text.partition(BEGIN)
+    _, _, after = rest.partition(END)
+    path.write_text(before + render_settings_table() + after, encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(render_settings_table())
+    if sys.argv[1:2] == ["--write"]:
+        update_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(render_settings_table())

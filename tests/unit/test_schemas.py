@@ -117,6 +117,4 @@ def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
 
 def test_readme_settings_table_matches_the_settings_model() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert render_settings_table() in readme, (
-        "README settings table is stale: paste `python -m worker.settings_table`"
-    )
+    assert render_settings_table() in readme, "README settings table is stale: run `make schemas`"

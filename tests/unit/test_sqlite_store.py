@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from schemas.messages import MemoryType
-from worker.errors import StoreUnavailable
+from worker.errors import StoreMismatch
 from worker.store.base import Memory, SearchGroup
 from worker.store.sqlite import SQLiteStore
 
@@ -86,5 +86,5 @@ async def test_dimension_mismatch_is_a_clear_store_error(store: SQLiteStore) -> 
     rng = np.random.default_rng(5)
     await store.upsert(memories("dan", MemoryType.LONG_TERM, 2), vectors(rng, 2))
     wrong = np.ones((1, DIMS * 2), dtype=np.float32)
-    with pytest.raises(StoreUnavailable, match="re-ingest"):
+    with pytest.raises(StoreMismatch, match="re-ingest"):
         await store.search([SearchGroup(MemoryType.LONG_TERM, "dan", wrong, (1,))])

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from worker.errors import ConfigError
+from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, MemoryStore, SearchGroup, Vectors
 from worker.store.sqlite import SQLiteStore
 
@@ -21,12 +22,19 @@ __all__ = [
 ]
 
 
-def open_store(store_url: str) -> MemoryStore:
-    """sqlite:///relative/path, sqlite:////absolute/path; MongoDB comes with its own store."""
-    scheme = urlparse(store_url).scheme
+def open_store(settings: WorkerSettings, dimensions: int) -> MemoryStore:
+    """The store RECALLQ_STORE_URL names: sqlite:///relative/path, sqlite:////absolute/path,
+    mongodb://... or mongodb+srv://...; `dimensions` is the embedder's."""
+    scheme = urlparse(settings.store_url).scheme
     if scheme == "sqlite":
-        path = store_url.removeprefix("sqlite:///")
+        path = settings.store_url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError("sqlite store URL needs a path: sqlite:///./recallq.db")
         return SQLiteStore(Path(path))
-    raise ConfigError(f"unsupported store URL scheme {scheme!r}: use sqlite:///PATH")
+    if scheme in ("mongodb", "mongodb+srv"):
+        from worker.store.mongo import MongoStore
+
+        return MongoStore(settings, dimensions)
+    raise ConfigError(
+        f"unsupported store URL scheme {scheme!r}: use sqlite:///PATH or mongodb://..."
+    )

@@ -53,13 +53,19 @@ GroupResult = list[list[Candidate]]  # per query of the group, best first
 
 
 class MemoryStore(Protocol):
+    async def connect(self) -> None:
+        """Open connections and choose the search mode; called once before serving."""
+        ...
+
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         """Top candidates for every query of every group, in the order given."""
         ...
 
     async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None: ...
 
-    async def ensure_indexes(self) -> None: ...
+    async def ensure_indexes(self) -> None:
+        """Create what searching needs (tables, B-tree and vector indexes); idempotent."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from worker.errors import StoreMismatch
 from worker.store.base import Candidate, Memory, Vectors
 
 
@@ -30,6 +31,12 @@ def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tup
 def score_group(
     memories: Sequence[Memory], matrix: Vectors, queries: Vectors, ks: Sequence[int]
 ) -> list[list[Candidate]]:
+    """Candidates per query of a group whose memories' embeddings are `matrix`."""
+    if matrix.shape[0] and matrix.shape[1] != queries.shape[1]:
+        raise StoreMismatch(
+            f"stored embeddings have {matrix.shape[1]} dimensions, the model gives "
+            f"{queries.shape[1]}: re-ingest with the worker's model"
+        )
     return [
         [Candidate(memories[index], score) for index, score in hits]
         for hits in top_k(matrix, queries, ks)

@@ -62,6 +62,9 @@ class SQLiteStore:
         self._max_cached_groups = max_cached_groups
         self._data_version = -1
 
+    async def connect(self) -> None:
+        await self._run(lambda: self._connection())
+
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         return await self._run(lambda: [self._search_group(group) for group in groups])
 
@@ -111,11 +114,6 @@ class SQLiteStore:
 
     def _search_group(self, group: SearchGroup) -> GroupResult:
         memories, matrix = self._group(group.memory_type, group.memory_id)
-        if matrix.shape[0] and matrix.shape[1] != group.vectors.shape[1]:
-            raise StoreUnavailable(
-                f"stored embeddings have {matrix.shape[1]} dims, the model gives "
-                f"{group.vectors.shape[1]}: re-ingest with the worker's model"
-            )
         return score_group(memories, matrix, group.vectors, group.ks)
 
     def _group(self, memory_type: MemoryType, memory_id: str) -> GroupData:

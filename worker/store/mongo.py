@@ -1,0 +1,221 @@
+"""The MongoDB store: PyMongo's AsyncMongoClient, $vectorSearch or exact scoring.
+
+Modes: `vector` runs one $vectorSearch per query (MongoDB has no batched
+vector search); `exact` fetches a group's documents by memory_id on a B-tree
+index and scores them with the same matrix code as SQLite; `auto` probes the
+server at connect and picks vector only where $vectorSearch answers and every
+collection's index is queryable. Driver errors become StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+import structlog
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
+from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.operations import SearchIndexModel
+
+from schemas.messages import MemoryType
+from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
+from worker.settings import WorkerSettings
+from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
+from worker.store.exact import score_group
+from worker.store.mongo_query import (
+    MEMORY_FIELDS,
+    cosine_from_vector_score,
+    embedding_matrix,
+    tenant_filter,
+    to_document,
+    to_memory,
+    vector_index_definition,
+    vector_search_pipeline,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Servers without Atlas Search: CommandNotSupported (community 8.x, SecantusDB),
+# "Unrecognized pipeline stage" (older servers), SearchNotEnabled.
+NO_VECTOR_SEARCH_CODES = {115, 40324, 31082, 6047401}
+BTREE_INDEX = "memory_id_timestamp"
+
+
+class MongoStore:
+    def __init__(self, settings: WorkerSettings, dimensions: int) -> None:
+        self._settings = settings
+        self._dimensions = dimensions
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.store_url,
+            appname="recallq",
+            maxPoolSize=settings.mongo_max_pool_size,
+            minPoolSize=settings.mongo_min_pool_size,
+            maxConnecting=settings.mongo_max_connecting,
+            serverSelectionTimeoutMS=settings.mongo_server_selection_timeout_ms,
+            connectTimeoutMS=settings.mongo_connect_timeout_ms,
+            socketTimeoutMS=settings.mongo_socket_timeout_ms,
+        )
+        self._db = self._client[settings.mongo_database]
+        self._gate = asyncio.Semaphore(settings.search_concurrency)
+        self.mode: Literal["vector", "exact"] = "exact"
+        self.reason = "not connected yet"
+
+    async def connect(self) -> None:
+        """Choose the search mode: forced by settings, or probed (auto)."""
+        wanted = self._settings.mongo_search
+        if wanted == "exact":
+            self.mode, self.reason = "exact", "RECALLQ_MONGO_SEARCH=exact"
+        else:
+            missing = await self._guarded(self._vector_search_missing)
+            if missing and wanted == "vector":
+                raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {missing}")
+            self.mode = "exact" if missing else "vector"
+            self.reason = missing or "$vectorSearch answers and every index is queryable"
+        log.info("mongo search mode", mode=self.mode, reason=self.reason)
+
+    async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
+        one_group = self._vector_group if self.mode == "vector" else self._exact_group
+        return list(await asyncio.gather(*(one_group(group) for group in groups)))
+
+    async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
+        by_type: dict[MemoryType, list[ReplaceOne[dict[str, Any]]]] = {}
+        for memory, vector in zip(memories, embeddings, strict=True):
+            document = to_document(memory, vector)
+            operation = ReplaceOne({"_id": memory.id}, document, upsert=True)
+            by_type.setdefault(memory.memory_type, []).append(operation)
+        for memory_type, operations in by_type.items():
+            collection = self._db[memory_type.value]
+            await self._guarded(partial(collection.bulk_write, operations, ordered=False))
+
+    async def ensure_indexes(self) -> None:
+        """B-tree (memory_id, timestamp) everywhere; vector indexes where the server has them."""
+        for memory_type in MemoryType:
+            collection = self._db[memory_type.value]
+            keys = [("memory_id", ASCENDING), ("timestamp", DESCENDING)]
+            await self._guarded(partial(collection.create_index, keys, name=BTREE_INDEX))
+        if self._settings.mongo_search == "exact":
+            return
+        try:
+            for memory_type in MemoryType:
+                await self._guarded(partial(self._create_vector_index, memory_type))
+        except _NoVectorSearch as exc:
+            if self._settings.mongo_search == "vector":
+                raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {exc}") from None
+            log.info("no vector search on this server; exact search only", reason=str(exc))
+            return
+        await self._wait_until_queryable()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "store": "mongodb",
+            "database": self._settings.mongo_database,
+            "mode": self.mode,
+            "reason": self.reason,
+            "vector_exact": self._settings.mongo_vector_exact,
+        }
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _exact_group(self, group: SearchGroup) -> GroupResult:
+        collection = self._db[group.memory_type.value]
+        projection = {field: 1 for field in (*MEMORY_FIELDS, "embedding")}
+        timeout_ms = self._settings.mongo_query_timeout_ms
+
+        async def fetch() -> list[dict[str, Any]]:
+            cursor = collection.find(tenant_filter(group.memory_id), projection)
+            return await cursor.max_time_ms(timeout_ms).to_list(None)
+
+        documents = [d for d in await self._guarded(fetch) if isinstance(d.get("embedding"), list)]
+        memories = [to_memory(d, group.memory_type) for d in documents]
+        try:
+            matrix = embedding_matrix(documents, self._dimensions)
+        except ValueError:
+            raise StoreMismatch(f"{group.memory_type}: embeddings of unequal length") from None
+        return score_group(memories, matrix, group.vectors, group.ks)
+
+    async def _vector_group(self, group: SearchGroup) -> GroupResult:
+        searches = [self._vector_query(group, row) for row in range(len(group.ks))]
+        return list(await asyncio.gather(*searches))
+
+    async def _vector_query(self, group: SearchGroup, row: int) -> list[Candidate]:
+        pipeline = vector_search_pipeline(
+            self._settings.mongo_vector_index,
+            group.vectors[row],
+            group.memory_id,
+            group.ks[row],
+            exact=self._settings.mongo_vector_exact,
+        )
+        collection = self._db[group.memory_type.value]
+        timeout_ms = self._settings.mongo_query_timeout_ms
+
+        async def run() -> list[dict[str, Any]]:
+            cursor = await collection.aggregate(pipeline, maxTimeMS=timeout_ms)
+            return await cursor.to_list(None)
+
+        return [
+            Candidate(to_memory(d, group.memory_type), cosine_from_vector_score(d["score"]))
+            for d in await self._guarded(run)
+        ]
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Bound concurrency; turn driver failures into the worker's store errors."""
+        async with self._gate:
+            try:
+                return await call()
+            except OperationFailure as exc:
+                if exc.code in NO_VECTOR_SEARCH_CODES:
+                    raise _NoVectorSearch(
+                        f"server has no vector search (code {exc.code})"
+                    ) from None
+                raise StoreUnavailable(f"mongodb: {exc.code} {exc.details}") from None
+            except PyMongoError as exc:
+                raise StoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from None
+
+    async def _vector_search_missing(self) -> str | None:
+        """Why $vectorSearch cannot serve, or None when every collection can."""
+        try:
+            for memory_type in MemoryType:
+                collection = self._db[memory_type.value]
+                indexes = await (
+                    await collection.list_search_indexes(self._settings.mongo_vector_index)
+                ).to_list(None)
+                if not any(index.get("queryable") for index in indexes):
+                    return f"vector index not queryable on {memory_type.value} (run `worker init`)"
+        except OperationFailure as exc:
+            if exc.code in NO_VECTOR_SEARCH_CODES or "Atlas" in str(exc):
+                return f"server has no vector search (code {exc.code})"
+            raise
+        return None
+
+    async def _create_vector_index(self, memory_type: MemoryType) -> None:
+        collection = self._db[memory_type.value]
+        name = self._settings.mongo_vector_index
+        existing = await (await collection.list_search_indexes(name)).to_list(None)
+        if existing:
+            return
+        model = SearchIndexModel(
+            vector_index_definition(self._dimensions), name=name, type="vectorSearch"
+        )
+        await collection.create_search_index(model)
+        log.info("vector index created", collection=memory_type.value, index=name)
+
+    async def _wait_until_queryable(self) -> None:
+        deadline = time.monotonic() + self._settings.mongo_index_wait_s
+        while (missing := await self._guarded(self._vector_search_missing)) is not None:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"{missing} after {self._settings.mongo_index_wait_s:.0f} s; "
+                    "check the search node (mongot) and raise RECALLQ_MONGO_INDEX_WAIT_S"
+                )
+            log.info("waiting for vector indexes", reason=missing)
+            await asyncio.sleep(2.0)
+        log.info("vector indexes queryable")
+
+
+class _NoVectorSearch(StoreUnavailable):
+    """The server has no Atlas Search: use exact search."""

@@ -1,0 +1,133 @@
+"""MongoDB documents and queries, as pure functions: testable without a server.
+
+Documents follow memorizz: one collection per memory type, `memory_id`,
+`content`, `embedding` (array of floats), `timestamp` and optional fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from schemas.messages import MemoryType
+from worker.store.base import Memory, Vectors
+
+MAX_NUM_CANDIDATES = 10_000
+MEMORY_FIELDS = (
+    "memory_id",
+    "content",
+    "summary_content",
+    "role",
+    "timestamp",
+    "situational_tags",
+    "importance",
+)
+
+
+def tenant_filter(memory_id: str) -> dict[str, Any]:
+    """`$eq` makes the value a literal even if it were an operator document."""
+    if not isinstance(memory_id, str):
+        raise TypeError("memory_id must be a string")
+    return {"memory_id": {"$eq": memory_id}}
+
+
+def num_candidates(limit: int) -> int:
+    """MongoDB's advice: at least 20 x limit, here never under 100, at most 10,000."""
+    return min(MAX_NUM_CANDIDATES, max(100, 20 * limit, limit))
+
+
+def vector_search_pipeline(
+    index: str, query: Vectors, memory_id: str, limit: int, *, exact: bool
+) -> list[dict[str, Any]]:
+    """$vectorSearch first, the tenant filter inside the stage, the embedding left out."""
+    stage: dict[str, Any] = {
+        "index": index,
+        "path": "embedding",
+        "queryVector": [float(x) for x in query],
+        "filter": tenant_filter(memory_id),
+        "limit": limit,
+    }
+    if exact:
+        stage["exact"] = True
+    else:
+        stage["numCandidates"] = num_candidates(limit)
+    projection: dict[str, Any] = {field: 1 for field in MEMORY_FIELDS}
+    projection["score"] = {"$meta": "vectorSearchScore"}
+    return [{"$vectorSearch": stage}, {"$project": projection}]
+
+
+def vector_index_definition(dimensions: int) -> dict[str, Any]:
+    return {
+        "fields": [
+            {
+                "type": "vector",
+                "path": "embedding",
+                "numDimensions": dimensions,
+                "similarity": "cosine",
+            },
+            {"type": "filter", "path": "memory_id"},
+        ]
+    }
+
+
+def cosine_from_vector_score(score: float) -> float:
+    """Atlas reports cosine similarity as (1 + cos) / 2."""
+    return 2.0 * score - 1.0
+
+
+def to_document(memory: Memory, embedding: Vectors) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "_id": memory.id,
+        "memory_id": memory.memory_id,
+        "content": memory.content,
+        "timestamp": memory.timestamp,
+        "embedding": [float(x) for x in embedding],
+    }
+    optional = {
+        "summary_content": memory.summary_content,
+        "role": memory.role,
+        "situational_tags": list(memory.situational_tags) if memory.situational_tags else None,
+        "importance": memory.importance,
+    }
+    document.update({key: value for key, value in optional.items() if value is not None})
+    return document
+
+
+def to_memory(document: dict[str, Any], memory_type: MemoryType) -> Memory:
+    tags = document.get("situational_tags")
+    importance = document.get("importance")
+    return Memory(
+        id=str(document["_id"]),
+        memory_id=str(document["memory_id"]),
+        memory_type=memory_type,
+        content=str(document.get("content", "")),
+        timestamp=_epoch_seconds(document.get("timestamp")),
+        summary_content=document.get("summary_content"),
+        role=document.get("role"),
+        situational_tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else None,
+        importance=float(importance) if isinstance(importance, int | float) else None,
+    )
+
+
+def embedding_matrix(documents: list[dict[str, Any]], dimensions: int) -> Vectors:
+    """Row-normalised float32 embeddings: documents written by other tools may not be."""
+    if not documents:
+        return np.zeros((0, dimensions), dtype=np.float32)
+    matrix = np.asarray([doc["embedding"] for doc in documents], dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True).astype(np.float32)
+    normalised: Vectors = matrix / np.maximum(norms, np.float32(1e-12))
+    return normalised
+
+
+def _epoch_seconds(value: Any) -> float:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if isinstance(value, str):
+        moment = datetime.fromisoformat(value)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return 0.0
