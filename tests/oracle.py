@@ -34,6 +34,16 @@ class Oracle:
     def embed(self, query: str) -> np.ndarray:
         return self.model.encode([query.strip()], normalize_embeddings=True)[0]
 
+    def nearest(self, query: str, memory_id: str, memory_type: str, k: int) -> list[Expected]:
+        """The k memories of one tenant and type closest to `query` by cosine (signal unset)."""
+        vector = self.embed(query)
+        pool = [
+            Expected(record["id"], float(np.dot(self.matrix[row], vector)), 0.0)
+            for row, record in enumerate(self.records)
+            if record["memory_id"] == memory_id and record["memory_type"] == memory_type
+        ]
+        return sorted(pool, key=lambda e: -e.cosine)[:k]
+
     def retrieve(
         self,
         query: str,

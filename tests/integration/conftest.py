@@ -7,8 +7,10 @@ reachable the tests skip locally and fail in CI (CI is set), as dramatiq's do.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from schemas.messages import MemoryType
+from tests.integration.secantus import RestartableSecantus
 from tests.oracle import Oracle
 from worker.embed import Embedder, bundled_model_path
 from worker.ingest import ingest_file
 from worker.pipeline import Worker
 from worker.settings import WorkerSettings
-from worker.store import SQLiteStore
+from worker.store import MemoryStore, SearchGroup, SQLiteStore
+from worker.store.mongo import MongoStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MEMORIES = ROOT / "data" / "demo" / "memories.jsonl"
@@ -112,3 +118,94 @@ async def running_worker(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableSecantus]:
+    server = RestartableSecantus(tmp_path_factory.mktemp("secantus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def mongo_settings(url: str, **overrides: Any) -> WorkerSettings:
+    """Settings for a MongoDB store in a database of this test run's own."""
+    database = f"recallq_test_{uuid.uuid4().hex[:10]}"
+    return WorkerSettings(store_url=url, mongo_database=database, **overrides)
+
+
+async def seeded_mongo_store(settings: WorkerSettings, embedder: Embedder) -> MongoStore:
+    store = MongoStore(settings, embedder.dimensions)
+    await store.ensure_indexes()
+    report = await ingest_file(DEMO_MEMORIES, store, embedder, progress=False)
+    assert report.stored == 270
+    await store.connect()
+    return store
+
+
+@pytest.fixture(scope="session")
+async def secantus_store(
+    secantus: RestartableSecantus, embedder: Embedder
+) -> AsyncIterator[MongoStore]:
+    store = await seeded_mongo_store(mongo_settings(secantus.uri), embedder)
+    yield store
+    await store.close()
+
+
+def atlas_url() -> str | None:
+    """RECALLQ_TEST_MONGODB_URL, else testcontainers' mongodb-atlas-local where Docker runs."""
+    if url := os.environ.get("RECALLQ_TEST_MONGODB_URL"):
+        return url
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return None
+    from testcontainers.community.mongodb import MongoDBAtlasLocalContainer
+
+    container = MongoDBAtlasLocalContainer()
+    container.start()
+    atexit.register(container.stop)
+    return str(container.get_connection_url())
+
+
+@pytest.fixture(scope="session")
+async def atlas_store(embedder: Embedder) -> AsyncIterator[MongoStore]:
+    url = atlas_url()
+    if url is None:
+        pytest.skip(
+            "no Atlas-compatible MongoDB: set RECALLQ_TEST_MONGODB_URL or run a Docker engine "
+            "(mongodb-atlas-local); the $vectorSearch path runs only there"
+        )
+    settings = mongo_settings(url, mongo_vector_exact=True)
+    store = await seeded_mongo_store(settings, embedder)
+    if store.mode != "vector":
+        await store.close()
+        pytest.skip(f"{url} has no usable $vectorSearch: {store.reason}")
+    await wait_until_indexed(store)
+    yield store
+    await store.close()
+
+
+async def wait_until_indexed(store: MongoStore, timeout: float = 120) -> None:
+    """Search indexes catch up with writes asynchronously: wait (bounded) until they have."""
+    probe = SearchGroup(
+        MemoryType.LONG_TERM, "health-coach:sam", np.ones((1, 384), np.float32), (100,)
+    )
+    deadline = time.monotonic() + timeout
+    while len((await store.search([probe]))[0][0]) < 25:
+        assert time.monotonic() < deadline, "vector index did not catch up with the seed data"
+        await asyncio.sleep(1)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "mongodb-secantus", "mongodb-atlas"])
+def any_store(request: pytest.FixtureRequest) -> MemoryStore:
+    """Every store the contract suite runs against."""
+    fixture = {
+        "sqlite": "demo_store",
+        "mongodb-secantus": "secantus_store",
+        "mongodb-atlas": "atlas_store",
+    }[request.param]
+    store: MemoryStore = request.getfixturevalue(fixture)
+    return store

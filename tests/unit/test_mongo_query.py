@@ -1,0 +1,107 @@
+"""The MongoDB queries the store builds, checked structurally (no server needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from schemas.messages import MemoryType
+from worker.store.base import Memory
+from worker.store.mongo_query import (
+    cosine_from_vector_score,
+    num_candidates,
+    tenant_filter,
+    to_document,
+    to_memory,
+    vector_index_definition,
+    vector_search_pipeline,
+)
+
+QUERY = np.array([0.6, 0.8, 0.0], dtype=np.float32)
+
+
+def test_vector_search_is_first_with_the_tenant_filter_inside_the_stage() -> None:
+    pipeline = vector_search_pipeline("idx", QUERY, "agent:alice", 12, exact=False)
+    assert list(pipeline[0]) == ["$vectorSearch"]
+    stage = pipeline[0]["$vectorSearch"]
+    assert stage["index"] == "idx"
+    assert stage["path"] == "embedding"
+    assert stage["filter"] == {"memory_id": {"$eq": "agent:alice"}}
+    assert stage["limit"] == 12
+    assert stage["numCandidates"] == 240
+    assert "exact" not in stage
+    assert stage["queryVector"] == pytest.approx([0.6, 0.8, 0.0])
+    assert all(type(x) is float for x in stage["queryVector"])  # BSON-encodable
+    assert not any("$match" in step for step in pipeline), "filter after the stage drops hits"
+
+
+def test_the_projection_leaves_the_embedding_out_and_reads_the_score() -> None:
+    projection = vector_search_pipeline("idx", QUERY, "m", 5, exact=False)[1]["$project"]
+    assert "embedding" not in projection
+    assert projection["score"] == {"$meta": "vectorSearchScore"}
+    assert projection["content"] == 1 and projection["memory_id"] == 1
+
+
+def test_exact_mode_asks_for_enn_without_num_candidates() -> None:
+    stage = vector_search_pipeline("idx", QUERY, "m", 5, exact=True)[0]["$vectorSearch"]
+    assert stage["exact"] is True
+    assert "numCandidates" not in stage
+
+
+def test_num_candidates_bounds() -> None:
+    assert num_candidates(1) == 100
+    assert num_candidates(50) == 1000
+    assert num_candidates(400) == 8000
+    assert num_candidates(5000) == 10_000
+
+
+@pytest.mark.parametrize("hostile", [{"$ne": None}, {"$regex": ".*"}, ["a"], 7])
+def test_the_tenant_filter_takes_strings_only(hostile: object) -> None:
+    with pytest.raises(TypeError):
+        tenant_filter(hostile)  # type: ignore[arg-type]
+
+
+def test_an_operator_looking_string_stays_a_literal() -> None:
+    assert tenant_filter('{"$ne": null}') == {"memory_id": {"$eq": '{"$ne": null}'}}
+
+
+def test_vector_index_declares_the_filter_field() -> None:
+    fields = vector_index_definition(384)["fields"]
+    assert {"type": "filter", "path": "memory_id"} in fields
+    vector = next(f for f in fields if f["type"] == "vector")
+    assert vector == {
+        "type": "vector",
+        "path": "embedding",
+        "numDimensions": 384,
+        "similarity": "cosine",
+    }
+
+
+def test_score_conversion() -> None:
+    assert cosine_from_vector_score(1.0) == 1.0
+    assert cosine_from_vector_score(0.5) == 0.0
+    assert cosine_from_vector_score(0.0) == -1.0
+
+
+def test_documents_round_trip_and_memorizz_variants_are_read() -> None:
+    memory = Memory(
+        id="x1",
+        memory_id="m",
+        memory_type=MemoryType.ENTITY,
+        content="c",
+        timestamp=1_700_000_000.0,
+        role="user",
+        situational_tags=("t",),
+        importance=0.7,
+    )
+    document = to_document(memory, np.ones(3, dtype=np.float32))
+    assert document["_id"] == "x1" and document["embedding"] == [1.0, 1.0, 1.0]
+    assert "summary_content" not in document
+    assert to_memory(document, MemoryType.ENTITY) == memory
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for stamp in (when, when.replace(tzinfo=None), "2026-01-02T03:04:05"):
+        loaded = to_memory({"_id": 1, "memory_id": "m", "timestamp": stamp}, MemoryType.ENTITY)
+        assert loaded.timestamp == when.timestamp()
+        assert loaded.id == "1"
