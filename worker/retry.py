@@ -16,13 +16,20 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+REPLY_MARGIN_S = 0.25  # time left at the deadline for the error reply to reach the caller
+
+
 def batch_deadline(requests: Sequence[RetrievalRequest], default_s: float) -> float:
-    """The earliest request deadline of a batch, on the monotonic clock."""
+    """When to stop retrying a batch's store calls, on the monotonic clock.
+
+    The earliest request deadline less a margin, so a `store_unavailable` reply
+    reaches its caller before the caller gives up.
+    """
     now_wall, now_mono = time.time(), time.monotonic()
     deadlines = [r.deadline_ms / 1000 for r in requests if r.deadline_ms is not None]
     if not deadlines:
         return now_mono + default_s
-    return now_mono + (min(deadlines) - now_wall)
+    return now_mono + (min(deadlines) - now_wall) - REPLY_MARGIN_S
 
 
 async def with_retries(

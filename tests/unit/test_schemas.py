@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.export import COMMITTED_DIR, render_schemas
@@ -118,3 +120,18 @@ def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
 def test_readme_settings_table_matches_the_settings_model() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert render_settings_table() in readme, "README settings table is stale: run `make schemas`"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values.filter(lambda v: not isinstance(v, str)))
+def test_no_non_string_memory_id_ever_validates(value: Any) -> None:
+    """Operators like {"$ne": null} or {"$regex": ".*"} can never reach a store filter."""
+    with pytest.raises(ValidationError):
+        parse(memory_id=value)
