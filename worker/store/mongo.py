@@ -178,18 +178,18 @@ class MongoStore:
 
     async def _vector_search_missing(self) -> str | None:
         """Why $vectorSearch cannot serve, or None when every collection can."""
-        try:
-            for memory_type in MemoryType:
-                collection = self._db[memory_type.value]
-                indexes = await (
-                    await collection.list_search_indexes(self._settings.mongo_vector_index)
-                ).to_list(None)
-                if not any(index.get("queryable") for index in indexes):
-                    return f"vector index not queryable on {memory_type.value} (run `worker init`)"
-        except OperationFailure as exc:
-            if exc.code in NO_VECTOR_SEARCH_CODES or "Atlas" in str(exc):
-                return f"server has no vector search (code {exc.code})"
-            raise
+        for memory_type in MemoryType:
+            collection = self._db[memory_type.value]
+            try:
+                cursor = await collection.list_search_indexes(self._settings.mongo_vector_index)
+                indexes = await cursor.to_list(None)
+            except OperationFailure as exc:
+                if exc.code in NO_VECTOR_SEARCH_CODES or "Atlas" in str(exc):
+                    return f"server has no vector search (code {exc.code})"
+                # e.g. NamespaceNotFound before `worker init` created the collections
+                return f"cannot list vector indexes of {memory_type.value}: {exc}"
+            if not any(index.get("queryable") for index in indexes):
+                return f"vector index not queryable on {memory_type.value} (run `worker init`)"
         return None
 
     async def _create_vector_index(self, memory_type: MemoryType) -> None:
