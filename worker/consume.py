@@ -56,17 +56,21 @@ InvalidHandler = Callable[[AbstractIncomingMessage, InvalidMessage], Awaitable[N
 
 
 class Consumer:
-    """One consumer per lane on one channel; prefetch is per consumer (quorum queues)."""
+    """One consumer per lane, each on its own channel with its own prefetch.
+
+    Prefetch is per consumer (quorum queues refuse a global QoS), so a full bulk
+    lane never takes the interactive lane's share of unacked deliveries.
+    """
 
     def __init__(
         self,
-        channel: AbstractChannel,
+        channels: dict[Lane, AbstractChannel],
         topology: Topology,
         batcher: Batcher[Delivery],
         count_tokens: Callable[[str], int],
         on_invalid: InvalidHandler,
     ) -> None:
-        self._channel = channel
+        self._channels = channels
         self._topology = topology
         self._batcher = batcher
         self._count_tokens = count_tokens
@@ -75,10 +79,11 @@ class Consumer:
         self._tags: dict[Lane, str] = {}
 
     async def start(self) -> None:
-        queues = await self._topology.declare_shared(self._channel)
-        self._queues = {Lane.INTERACTIVE: queues["requests"], Lane.BULK: queues["bulk"]}
-        for lane, queue in self._queues.items():
-            self._tags[lane] = await queue.consume(self._callback(lane))
+        await self._topology.declare_shared(self._channels[Lane.INTERACTIVE])
+        specs = {Lane.INTERACTIVE: self._topology.requests, Lane.BULK: self._topology.bulk}
+        for lane, spec in specs.items():
+            self._queues[lane] = await spec.declare(self._channels[lane])
+            self._tags[lane] = await self._queues[lane].consume(self._callback(lane))
         log.info("consuming", queues=[q.name for q in self._queues.values()])
 
     async def stop(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aio_pika
 import structlog
+from aio_pika.abc import AbstractChannel
 
 from schemas.messages import ErrorCode, RetrievalResponse, Timings
 from worker.batch import Batcher, BatchLimits, Lane
@@ -63,12 +64,18 @@ class Worker:
             client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
         )
         async with connection:
-            consume_channel = await connection.channel()
-            await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
+            prefetch = {
+                Lane.INTERACTIVE: self.settings.prefetch,
+                Lane.BULK: self.settings.bulk_prefetch,
+            }
+            channels: dict[Lane, AbstractChannel] = {}
+            for lane, count in prefetch.items():
+                channels[lane] = await connection.channel()
+                await channels[lane].set_qos(prefetch_count=count)
             reply_channel = await connection.channel(on_return_raises=True)
             self._replier = Replier(reply_channel, self.settings.worker_id)
             consumer = Consumer(
-                consume_channel,
+                channels,
                 self.settings.topology,
                 self._batcher,
                 self.embedder.count_tokens,

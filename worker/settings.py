@@ -35,7 +35,10 @@ class WorkerSettings(BrokerSettings):
         default=0.0, ge=0.0, description="Wait this long for a fuller batch; 0 = greedy."
     )
     prefetch: int = Field(
-        default=0, ge=0, description="Unacked deliveries per lane consumer; 0 = 2 x max_batch."
+        default=0, ge=0, description="Unacked interactive deliveries; 0 = 2 x max_batch."
+    )
+    bulk_prefetch: int = Field(
+        default=0, ge=0, description="Unacked bulk deliveries; 0 = 2 x max_batch."
     )
     search_concurrency: int = Field(
         default=32, ge=1, le=1000, description="Store queries in flight at once (MongoDB)."
@@ -95,4 +98,6 @@ class WorkerSettings(BrokerSettings):
         # A prefetch below the batch size silently caps every batch (Ray Serve #43288).
         if self.prefetch == 0:
             self.prefetch = 2 * self.max_batch
+        if self.bulk_prefetch == 0:
+            self.bulk_prefetch = 2 * self.max_batch
         return self
