@@ -1,5 +1,6 @@
 """The recallq client side: RPC client and CLI. Imports only `schemas`."""
 
+from producer.bulk import BulkJob, BulkSummary
 from producer.client import Query, RetrievalClient, RetrievalTimeout
 
-__all__ = ["Query", "RetrievalClient", "RetrievalTimeout"]
+__all__ = ["BulkJob", "BulkSummary", "Query", "RetrievalClient", "RetrievalTimeout"]

@@ -7,9 +7,11 @@ import asyncio
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
+from producer.bulk import BulkJob, BulkSummary
 from producer.client import RetrievalClient, RetrievalTimeout
 from schemas.messages import MemoryType, RetrievalResponse
 from schemas.settings import BrokerSettings
@@ -45,9 +47,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     ask.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
     ask.add_argument("--json", action="store_true", help="print the raw response")
+    bulk = commands.add_parser("bulk", help="run a resumable bulk retrieval job")
+    bulk.add_argument("input", type=Path, help="JSONL: query, memory_id, limits[, request_id]")
+    bulk.add_argument("--output", type=Path, required=True, help="results, one JSON line each")
+    bulk.add_argument("--job-id", default="", help="default: derived from input and output paths")
+    bulk.add_argument("--concurrency", type=int, default=64, help="publishes in flight")
     args = parser.parse_args(argv)
+    if args.command == "bulk":
+        return run_bulk(args.input, args.output, args.job_id, args.concurrency)
     limits = dict(args.limit) if args.limit else DEFAULT_LIMITS
     return asyncio.run(_ask(args.query, args.memory_id, limits, args.timeout, args.json))
+
+
+def run_bulk(input_path: Path, output: Path, job_id: str, concurrency: int) -> int:
+    if not input_path.is_file():
+        print(f"no such file: {input_path}", file=sys.stderr)
+        return 2
+    job = BulkJob(input_path, output, job_id=job_id, concurrency=max(1, concurrency))
+    try:
+        summary = asyncio.run(job.run())
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {output} holds every result written so far; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if summary.bad_lines:
+        print(f"{summary.bad_lines} bad input lines skipped, listed in {job.errors_path}")
+    print(render_summary(summary))
+    return 0 if summary.complete else 1
+
+
+def render_summary(summary: BulkSummary) -> str:
+    statuses = ", ".join(f"{status} {count}" for status, count in summary.by_status.most_common())
+    return (
+        f"job {summary.job_id}: {summary.already_done + summary.written}/{summary.total} done "
+        f"({summary.already_done} from earlier runs); this run wrote {summary.written} "
+        f"[{statuses or 'nothing'}] in {summary.seconds:.1f} s = {summary.rate:.0f} requests/s; "
+        f"{summary.duplicates_dropped} duplicate results dropped"
+    )
 
 
 async def _ask(

@@ -9,7 +9,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "x-recallq-schema"
@@ -132,3 +140,12 @@ class RetrievalResponse(BaseModel):
     ) -> RetrievalResponse:
         error = ErrorInfo(code=code, message=message, retryable=retryable)
         return cls(request_id=request_id, status="error", error=error)
+
+
+def describe_validation_error(exc: ValidationError, most: int = 5) -> str:
+    """`field: problem; ...` for the first few errors: short enough for a reply or a log."""
+    parts = []
+    for error in exc.errors(include_url=False)[:most]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

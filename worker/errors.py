@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from schemas.messages import ErrorCode, describe_validation_error
 
-from schemas.messages import ErrorCode
-
-
-def describe_validation_error(exc: ValidationError, most: int = 5) -> str:
-    """`field: problem; ...` for the first few errors: short enough for a reply or a log."""
-    parts = []
-    for error in exc.errors(include_url=False)[:most]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+__all__ = [
+    "ConfigError",
+    "InvalidMessage",
+    "RecallqError",
+    "StoreMismatch",
+    "StoreUnavailable",
+    "describe_validation_error",
+]
 
 
 class RecallqError(Exception):

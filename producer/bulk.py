@@ -1,0 +1,211 @@
+"""Background bulk re-retrieval: thousands of requests, results to a JSONL file.
+
+A job publishes to the bulk queue with `reply_to` its own durable results queue
+(`<prefix>.job.<job id>`, kept 24 h), so results wait there while the job's
+client is away. Each result is written as one line and flushed before its
+message is acked, so an interruption at any point loses nothing and a rerun of
+the same job never writes a request twice: it publishes only what the output
+file lacks and collects what arrived in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import aio_pika
+import structlog
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from producer.jobfiles import Plan, read_plan, write_bad_lines, written_request_ids
+from schemas.messages import (
+    CONTENT_TYPE,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION,
+    RetrievalRequest,
+    RetrievalResponse,
+)
+from schemas.settings import BrokerSettings
+
+log = structlog.get_logger(__name__)
+
+
+def default_job_id(input_path: Path, output_path: Path) -> str:
+    """The same command (same input, same output) resumes the same job."""
+    key = f"{input_path.resolve()}\0{output_path.resolve()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class BulkSummary:
+    job_id: str
+    total: int  # valid requests in the input
+    already_done: int  # results found in the output file at start
+    written: int = 0  # results written by this run
+    duplicates_dropped: int = 0
+    bad_lines: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.already_done + self.written == self.total
+
+    @property
+    def rate(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BulkJob:
+    input_path: Path
+    output_path: Path
+    settings: BrokerSettings = field(default_factory=BrokerSettings)
+    job_id: str = ""
+    concurrency: int = 64  # publishes awaiting their confirm at once
+    window: int = 2048  # requests published and not yet answered
+    progress: bool = True
+    on_result: Callable[[RetrievalResponse], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.job_id = self.job_id or default_job_id(self.input_path, self.output_path)
+        self.errors_path = self.output_path.with_name(self.output_path.name + ".errors.jsonl")
+
+    async def run(self) -> BulkSummary:
+        plan = read_plan(self.input_path)
+        write_bad_lines(self.errors_path, plan.bad_lines)
+        done = written_request_ids(self.output_path) & {r.request_id for r in plan.requests}
+        todo = [r for r in plan.requests if r.request_id not in done]
+        summary = BulkSummary(self.job_id, len(plan.requests), len(done))
+        summary.bad_lines = len(plan.bad_lines)
+        log.info("bulk job", job_id=self.job_id, total=summary.total, done=len(done))
+        started = time.monotonic()
+        try:
+            if todo:
+                await self._run(plan, todo, summary)
+        finally:
+            summary.seconds = time.monotonic() - started
+        return summary
+
+    async def _run(self, plan: Plan, todo: list[RetrievalRequest], summary: BulkSummary) -> None:
+        topology = self.settings.topology
+        connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": f"recallq-bulk {self.job_id}"},
+        )
+        async with connection:
+            channel = await connection.channel(on_return_raises=True)
+            await channel.set_qos(prefetch_count=min(self.window, 1024))
+            await topology.declare_shared(channel)
+            results = await topology.job(self.job_id).declare(channel)
+            collector = _Collector(
+                {r.request_id for r in todo}, summary, self.window, self.on_result
+            )
+            with (
+                self.output_path.open("a", encoding="utf-8") as output,
+                tqdm(
+                    total=summary.total,
+                    initial=summary.already_done,
+                    unit="req",
+                    desc=f"job {self.job_id}",
+                    disable=not self.progress,
+                ) as bar,
+            ):
+                collector.attach(output, bar)
+                tag = await results.consume(collector.on_message)
+                pending = iter(todo)
+                publishers = [
+                    self._publish_all(channel, pending, results, collector)
+                    for _ in range(self.concurrency)
+                ]
+                await asyncio.gather(*publishers)
+                await collector.finished.wait()
+                await results.cancel(tag)
+            await channel.queue_delete(results.name)
+
+    async def _publish_all(
+        self,
+        channel: AbstractChannel,
+        pending: Iterator[RetrievalRequest],
+        results: AbstractQueue,
+        collector: _Collector,
+    ) -> None:
+        """One of `concurrency` publishers; they share the iterator, so each request goes once."""
+        bulk_queue = self.settings.topology.bulk.name
+        for request in pending:
+            await collector.window.acquire()
+            if request.request_id not in collector.awaited:
+                continue  # its result from an earlier run arrived meanwhile
+            message = Message(
+                request.model_dump_json(exclude_none=True).encode(),
+                content_type=CONTENT_TYPE,
+                correlation_id=request.request_id,
+                reply_to=results.name,
+                headers={SCHEMA_HEADER: SCHEMA_VERSION},
+                delivery_mode=DeliveryMode.PERSISTENT,
+            )
+            await channel.default_exchange.publish(message, bulk_queue, mandatory=True)
+
+
+class _Collector:
+    """Writes each awaited result once, flushed before its message is acked."""
+
+    def __init__(
+        self,
+        awaited: set[str],
+        summary: BulkSummary,
+        window: int,
+        on_result: Callable[[RetrievalResponse], None] | None,
+    ) -> None:
+        self.awaited = awaited
+        self.summary = summary
+        self.window = asyncio.Semaphore(window)
+        self.finished = asyncio.Event()
+        self._on_result = on_result
+        self._output: IO[str] | None = None
+        self._bar: tqdm | None = None
+
+    def attach(self, output: IO[str], bar: tqdm) -> None:
+        self._output, self._bar = output, bar
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            response = RetrievalResponse.model_validate_json(message.body)
+        except ValidationError:
+            log.warning("unreadable result dropped", correlation_id=message.correlation_id)
+            await message.ack()
+            return
+        if response.request_id not in self.awaited:
+            self.summary.duplicates_dropped += 1
+            await message.ack()
+            return
+        assert self._output is not None and self._bar is not None
+        self._output.write(response.model_dump_json() + "\n")
+        self._output.flush()
+        await message.ack()
+        self.awaited.discard(response.request_id)
+        self.window.release()
+        self._count(response)
+        if not self.awaited:
+            self.finished.set()
+
+    def _count(self, response: RetrievalResponse) -> None:
+        assert self._bar is not None
+        status = response.error.code.value if response.error else response.status
+        self.summary.written += 1
+        self.summary.by_status[status] += 1
+        errors = self.summary.written - self.summary.by_status["ok"]
+        self._bar.update(1)
+        if errors:
+            self._bar.set_postfix(errors=errors, refresh=False)
+        if self._on_result is not None:
+            self._on_result(response)
