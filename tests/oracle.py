@@ -34,6 +34,9 @@ class Oracle:
     def embed(self, query: str) -> np.ndarray:
         return self.model.encode([query.strip()], normalize_embeddings=True)[0]
 
+    def embed_many(self, queries: list[str]) -> np.ndarray:
+        return self.model.encode([q.strip() for q in queries], normalize_embeddings=True)
+
     def nearest(self, query: str, memory_id: str, memory_type: str, k: int) -> list[Expected]:
         """The k memories of one tenant and type closest to `query` by cosine (signal unset)."""
         vector = self.embed(query)
@@ -55,10 +58,12 @@ class Oracle:
         weights: dict[str, float] | None = None,
         min_score: float | None = None,
         candidate_factor: int = 4,
+        vector: np.ndarray | None = None,
     ) -> list[Expected]:
+        """`vector`: the query's embedding when already computed (see `embed_many`)."""
         w = {"relevance": 1.0, "recency": 0.25, "importance": 0.25, "half_life_hours": 168.0}
         w.update(weights or {})
-        vector = self.embed(query)
+        vector = self.embed(query) if vector is None else vector
         pool = []
         for row, record in enumerate(self.records):
             if record["memory_id"] == memory_id and record["memory_type"] == memory_type:
