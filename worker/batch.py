@@ -38,6 +38,9 @@ class BatchLimits:
     max_requests: int = 64
     max_tokens: int = 16384
     max_wait_s: float = 0.0
+    # Bulk requests added to a batch that carries interactive ones: few, so the
+    # interactive callers' batch stays short; bulk-only batches stay full size.
+    bulk_top_up: int = 8
 
 
 @dataclass
@@ -105,7 +108,10 @@ class Batcher(Generic[T]):
         longest = 0
         for lane in Lane:
             queue = self._lanes[lane]
-            while queue and len(batch) < self.limits.max_requests:
+            cap = self.limits.max_requests
+            if lane is Lane.BULK and batch:
+                cap = min(cap, len(batch) + self.limits.bulk_top_up)
+            while queue and len(batch) < cap:
                 longest_if_taken = max(longest, queue[0].tokens)
                 padded_cost = longest_if_taken * (len(batch) + 1)
                 if batch and padded_cost > self.limits.max_tokens:

@@ -49,7 +49,12 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._replier: Replier | None = None
         self._batcher: Batcher[Delivery] = Batcher(
-            BatchLimits(settings.max_batch, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+            BatchLimits(
+                settings.max_batch,
+                settings.max_batch_tokens,
+                settings.max_wait_ms / 1000,
+                settings.bulk_top_up,
+            )
         )
 
     async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:

@@ -34,6 +34,11 @@ class WorkerSettings(BrokerSettings):
     max_wait_ms: float = Field(
         default=0.0, ge=0.0, description="Wait this long for a fuller batch; 0 = greedy."
     )
+    bulk_top_up: int = Field(
+        default=8,
+        ge=0,
+        description="Bulk requests added to a batch with interactive ones (bulk-only: max_batch).",
+    )
     prefetch: int = Field(
         default=0, ge=0, description="Unacked interactive deliveries; 0 = 2 x max_batch."
     )

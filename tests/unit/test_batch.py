@@ -57,6 +57,15 @@ async def test_interactive_fills_first_and_bulk_tops_up() -> None:
     assert await batcher.next_batch() == ["bulk2", "bulk3", "bulk4"]
 
 
+async def test_a_batch_with_interactive_requests_takes_only_a_few_bulk_ones() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=10, bulk_top_up=2))
+    for i in range(20):
+        batcher.put(f"bulk{i}", Lane.BULK)
+    batcher.put("rpc", Lane.INTERACTIVE)
+    assert await batcher.next_batch() == ["rpc", "bulk0", "bulk1"]
+    assert len(await batcher.next_batch()) == 10  # bulk alone: full size
+
+
 async def test_max_wait_holds_a_batch_until_it_fills() -> None:
     batcher: Batcher[int] = Batcher(BatchLimits(max_requests=3, max_wait_s=30))
     batcher.put(0, Lane.INTERACTIVE)

@@ -1,0 +1,1 @@
+"""Benchmarks: measured, written as JSON under benchmarks/results/, never asserted by tests."""
