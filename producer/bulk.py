@@ -87,7 +87,6 @@ class BulkJob:
         todo = [r for r in plan.requests if r.request_id not in done]
         summary = BulkSummary(self.job_id, len(plan.requests), len(done))
         summary.bad_lines = len(plan.bad_lines)
-        log.info("bulk job", job_id=self.job_id, total=summary.total, done=len(done))
         started = time.monotonic()
         try:
             if todo:

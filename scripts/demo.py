@@ -17,7 +17,8 @@ from pathlib import Path
 
 import aio_pika
 
-from producer.cli import DEFAULT_LIMITS, render
+from producer.bulk import BulkJob
+from producer.cli import DEFAULT_LIMITS, render, render_summary
 from producer.client import Query, RetrievalClient
 from schemas.settings import BrokerSettings
 
@@ -49,7 +50,7 @@ def main() -> int:
             settings = BrokerSettings(queue_prefix=env["RECALLQ_QUEUE_PREFIX"])
             asyncio.run(ask_questions(settings, worker))
         finally:
-            print("== 5. stop the worker with SIGTERM", flush=True)
+            print("== 6. stop the worker with SIGTERM", flush=True)
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=60)
             print(f"worker exited with code {code}")
@@ -70,6 +71,30 @@ async def wait_for_worker(settings: BrokerSettings, worker: subprocess.Popen[byt
                 return
             await asyncio.sleep(0.2)
         raise SystemExit("the worker did not start consuming within 180 s")
+
+
+def write_bulk_input(questions: list[dict[str, str]], count: int) -> Path:
+    """A bulk job's input: the demo questions, reworded `count` times in all."""
+    path = DEMO_DIR / "bulk-input.jsonl"
+    with path.open("w") as lines:
+        for i in range(count):
+            q = questions[i % len(questions)]
+            line = {
+                "query": f"{q['query']} (run {i // len(questions)})",
+                "memory_id": q["memory_id"],
+            }
+            lines.write(json.dumps({**line, "limits": DEFAULT_LIMITS}) + "\n")
+    return path
+
+
+async def run_bulk_job(settings: BrokerSettings, questions: list[dict[str, str]]) -> None:
+    job_input = write_bulk_input(questions, 1400)
+    output = DEMO_DIR / "bulk-results.jsonl"
+    output.unlink(missing_ok=True)
+    print(f"== 5. a bulk job: {job_input.relative_to(ROOT)} -> {output.relative_to(ROOT)}")
+    print("   (the same as: python -m producer bulk INPUT --output RESULTS)", flush=True)
+    summary = await BulkJob(job_input, output, settings, job_id="demo").run()
+    print(render_summary(summary), flush=True)
 
 
 async def ask_questions(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:
@@ -96,6 +121,7 @@ async def ask_questions(settings: BrokerSettings, worker: subprocess.Popen[bytes
             f"batch sizes seen: {sizes[:8]}",
             flush=True,
         )
+    await run_bulk_job(settings, questions)
 
 
 if __name__ == "__main__":
