@@ -1,19 +1,23 @@
-"""`python -m benchmarks bulk-interactive [--quick]`."""
+"""`python -m benchmarks run [--quick]` and `python -m benchmarks bulk-interactive [--quick]`."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import bulk_interactive
+from benchmarks import bulk_interactive, harness
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="embed ceiling, naive, Celery and recallq compared")
+    run.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
     bulk = commands.add_parser("bulk-interactive", help="RPC latency while a bulk job runs")
     bulk.add_argument("--quick", action="store_true", help="a small run (about a minute)")
     args = parser.parse_args()
-    if args.command == "bulk-interactive":
+    if args.command == "run":
+        harness.main(quick=args.quick)
+    elif args.command == "bulk-interactive":
         bulk_interactive.main(quick=args.quick)
 
 

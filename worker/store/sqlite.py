@@ -128,7 +128,8 @@ class SQLiteStore:
             self._cache.move_to_end(key)
             return cached
         rows = conn.execute(
-            f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ? ORDER BY id",
+            # No ORDER BY: with one, SQLite walks the primary key and scans the whole type.
+            f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ?",
             (memory_type.value, memory_id),
         ).fetchall()
         memories = [_memory(row) for row in rows]
