@@ -92,13 +92,16 @@ async def test_dimension_mismatch_is_a_clear_store_error(store: SQLiteStore) -> 
 
 async def test_group_lookup_uses_the_owner_index(store: SQLiteStore) -> None:
     """A plan on the primary key would scan every memory of the type (12x slower at 60k)."""
+    import sqlite3
+
     from worker.store.sqlite import COLUMNS
 
     await store.ensure_indexes()
-    assert store._conn is not None
-    plan = store._conn.execute(
+    connection = sqlite3.connect(store.path)
+    plan = connection.execute(
         f"EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM memories "
         "WHERE memory_type = ? AND memory_id = ?",
         ("long_term_memory", "m"),
     ).fetchall()
+    connection.close()
     assert "memories_by_owner" in str(plan)
