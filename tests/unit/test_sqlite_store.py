@@ -94,14 +94,11 @@ async def test_group_lookup_uses_the_owner_index(store: SQLiteStore) -> None:
     """A plan on the primary key would scan every memory of the type (12x slower at 60k)."""
     import sqlite3
 
-    from worker.store.sqlite import COLUMNS
+    from worker.store.sqlite import GROUP_QUERY
 
     await store.ensure_indexes()
     connection = sqlite3.connect(store.path)
-    plan = connection.execute(
-        f"EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM memories "
-        "WHERE memory_type = ? AND memory_id = ?",
-        ("long_term_memory", "m"),
-    ).fetchall()
+    plan = connection.execute(f"EXPLAIN QUERY PLAN {GROUP_QUERY}", ("long_term_memory", "m"))
+    plan = plan.fetchall()
     connection.close()
     assert "memories_by_owner" in str(plan)

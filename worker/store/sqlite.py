@@ -49,6 +49,9 @@ COLUMNS = (
     "situational_tags, importance, embedding"
 )
 
+# No ORDER BY: with one, SQLite walks the primary key and scans the whole memory type.
+GROUP_QUERY = f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ?"
+
 GroupKey = tuple[MemoryType, str]
 GroupData = tuple[list[Memory], Vectors]
 
@@ -127,11 +130,7 @@ class SQLiteStore:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        rows = conn.execute(
-            # No ORDER BY: with one, SQLite walks the primary key and scans the whole type.
-            f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ?",
-            (memory_type.value, memory_id),
-        ).fetchall()
+        rows = conn.execute(GROUP_QUERY, (memory_type.value, memory_id)).fetchall()
         memories = [_memory(row) for row in rows]
         if rows:
             matrix = np.vstack([np.frombuffer(row[9], dtype=np.float32) for row in rows])
