@@ -37,8 +37,14 @@ _retriever: Any = None
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
     global _retriever
+    import torch
+
     from benchmarks.baseline import BaselineRetriever
 
+    # One process per core, so one torch thread per process: with torch's default
+    # (a thread per core in every process) the processes' OpenMP teams fight over
+    # the cores and Celery ran 5x slower here. The baseline gets its best setting.
+    torch.set_num_threads(1)
     _retriever = BaselineRetriever(Path(os.environ["RECALLQ_BENCH_DB"]))
 
 
