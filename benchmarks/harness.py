@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks import celery_load, load
 from benchmarks.common import ROOT, percentiles, write_results
 from benchmarks.data import Workload, build_store
-from benchmarks.systems import Running, naive, peak_rss_mb, recallq
+from benchmarks.systems import CpuMeter, Running, naive, peak_rss_mb, recallq
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,13 @@ async def measure_async(
     async with start(db) as system:  # type: ignore[attr-defined]
         await load.one_at_a_time(system.call, queries, plan.warm_calls)
         idle = await load.one_at_a_time(system.call, queries, plan.idle_calls)
+        meter = CpuMeter(system.pid)
         rate = await load.saturated(system.call, queries, plan.in_flight, plan.saturated_s)
+        cpu = meter.percent_of_one_core()
         at_50 = await load.open_loop(system.call, queries, rate * 0.5, plan.open_loop_s)
         at_80 = await load.open_loop(system.call, queries, rate * 0.8, plan.open_loop_s)
         rss = peak_rss_mb(system.pid)
-    return summarise(idle, rate, at_50, at_80, rss)
+    return {**summarise(idle, rate, at_50, at_80, rss), "saturated_cpu_percent": cpu}
 
 
 def measure_celery(db: Path, workload: Workload, plan: Plan) -> dict[str, Any]:
@@ -68,12 +70,15 @@ def measure_celery(db: Path, workload: Workload, plan: Plan) -> dict[str, Any]:
     with celery_load.celery_worker(db, processes) as (task, pid):
         celery_load.one_at_a_time(task, queries, plan.warm_calls)
         idle = celery_load.one_at_a_time(task, queries, plan.idle_calls)
+        meter = CpuMeter(pid)
         rate = celery_load.saturated(task, queries, plan.in_flight, plan.saturated_s)
+        cpu = meter.percent_of_one_core()
         at_50 = celery_load.open_loop(task, queries, rate * 0.5, plan.open_loop_s)
         at_80 = celery_load.open_loop(task, queries, rate * 0.8, plan.open_loop_s)
         rss = peak_rss_mb(pid)
     result = summarise(idle, rate, at_50, at_80, rss)
     result["processes"] = processes
+    result["saturated_cpu_percent"] = cpu
     return result
 
 
@@ -110,17 +115,19 @@ def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, float]:
 def render(systems: dict[str, dict[str, Any]], ratio: dict[str, float]) -> str:
     header = (
         "| system | saturated req/s | idle p50 / p95 / p99 ms | 50% load p50 / p99 ms "
-        "| 80% load p50 / p99 ms | peak RSS MiB |"
+        "| 80% load p50 / p99 ms | peak RSS MiB | CPU % at saturation: system / broker / load |"
     )
-    lines = [header, "| --- | --- | --- | --- | --- | --- |"]
+    lines = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in systems.items():
         if name == "embed_ceiling":
-            lines.append(f"| embed_ceiling (batch {r['batch']}) | {r['saturated_rps']} | | | | |")
+            lines.append(f"| embed_ceiling (batch {r['batch']}) | {r['saturated_rps']} | | | | | |")
             continue
         idle, l50, l80 = r["idle_ms"], r["load50_ms"], r["load80_ms"]
+        cpu = r["saturated_cpu_percent"]
         lines.append(
             f"| {name} | {r['saturated_rps']} | {idle['p50']} / {idle['p95']} / {idle['p99']} "
-            f"| {l50['p50']} / {l50['p99']} | {l80['p50']} / {l80['p99']} | {r['peak_rss_mb']} |"
+            f"| {l50['p50']} / {l50['p99']} | {l80['p50']} / {l80['p99']} | {r['peak_rss_mb']} "
+            f"| {cpu['system']} / {cpu['broker']} / {cpu['load_generator']} |"
         )
     lines.append("")
     lines.extend(f"- {key}: {value}" for key, value in ratio.items())

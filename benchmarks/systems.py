@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,64 @@ def peak_rss_mb(pid: int) -> float:
                 total_kb += int(line.split()[1])
         pids.extend(int(child) for child in children)
     return round(total_kb / 1024, 1)
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending.extend(int(child) for child in children)
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """The local RabbitMQ (Erlang VM) processes, when the broker runs on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """Where the CPU went during a phase: the system under test, the broker, the load."""
+
+    def __init__(self, system_pid: int) -> None:
+        self._groups = {
+            "system": process_tree(system_pid),
+            "broker": broker_pids(),
+            "load_generator": [os.getpid()],
+        }
+        self._start = {name: cpu_seconds(pids) for name, pids in self._groups.items()}
+        self._wall = time.perf_counter()
+
+    def percent_of_one_core(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall
+        return {
+            name: round((cpu_seconds(pids) - self._start[name]) / wall * 100, 1)
+            for name, pids in self._groups.items()
+        }
 
 
 def environment(db: Path, prefix: str) -> dict[str, str]:
