@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -52,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
 @asynccontextmanager
 async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, MemoryStore]]:
-    embedder = await asyncio.to_thread(Embedder.load, settings.embed_model, settings.embed_device)
+    embedder = await asyncio.to_thread(
+        partial(
+            Embedder.load,
+            settings.embed_model,
+            settings.embed_device,
+            warm_batch=settings.max_batch,
+            cache_size=settings.embed_cache_size,
+        )
+    )
     store = open_store(settings, embedder.dimensions)
     try:
         yield embedder, store

@@ -4,15 +4,19 @@ Every torch call (load, warm-up, encode) runs on one dedicated thread. That keep
 the event loop free while a batch encodes, and it matters for speed as much: each
 thread that calls torch gets its own OpenMP team, and two teams on one CPU make
 every encode about twice as slow (measured here: 5.6 ms -> 12 ms for one query).
-Identical texts in a batch are encoded once.
+Identical texts in a batch are encoded once, and recent texts come from an LRU
+cache of their vectors (agents repeat queries: the same turn retried, the same
+question asked of several memory types or by several replicas of one agent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,23 +60,50 @@ def _load_model(name: str, device: str) -> Any:
     return model
 
 
+@dataclass
+class CacheStats:
+    lookups: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
 class Embedder:
-    def __init__(self, model: Any, device: str, name: str, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        name: str,
+        executor: ThreadPoolExecutor,
+        cache_size: int = 10_000,
+    ) -> None:
         self._model = model
         self._executor = executor
+        self._cache: OrderedDict[str, Vectors] = OrderedDict()  # touched on the embed thread only
+        self._cache_size = cache_size
+        self.cache_stats = CacheStats()
         self.device = device
         self.name = name
         self.dimensions: int = int(model.get_embedding_dimension())
         self.max_tokens: int = int(model.max_seq_length)
 
     @classmethod
-    def load(cls, model_name: str = "", device: str = "auto", warm_batch: int = 64) -> Embedder:
+    def load(
+        cls,
+        model_name: str = "",
+        device: str = "auto",
+        *,
+        warm_batch: int = 64,
+        cache_size: int = 10_000,
+    ) -> Embedder:
         """Load on the embed thread, move to the device (fp16 on CUDA), warm up; blocking."""
         name = model_name or bundled_model_path()
         chosen = pick_device(device)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-embed")
         model = executor.submit(_load_model, name, chosen).result()
-        embedder = cls(model, chosen, name, executor)
+        embedder = cls(model, chosen, name, executor, cache_size)
         # The largest batch shape once, so the first real batch pays no allocation or autotune.
         longest = " ".join(["memory"] * embedder.max_tokens)
         embedder.encode([f"{longest} {i}" for i in range(warm_batch if chosen != "cpu" else 8)])
@@ -101,10 +132,31 @@ class Embedder:
     def _encode(self, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        unique = list(dict.fromkeys(texts))
-        vectors = self._encode_unique(unique)
-        row_of = {text: row for row, text in enumerate(unique)}
-        return np.ascontiguousarray(vectors[[row_of[text] for text in texts]], dtype=np.float32)
+        found = self._from_cache(dict.fromkeys(texts))
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        if missing:
+            for text, vector in zip(missing, self._encode_unique(missing), strict=True):
+                found[text] = vector
+                self._remember(text, vector)
+        return np.ascontiguousarray(np.stack([found[text] for text in texts]), dtype=np.float32)
+
+    def _from_cache(self, unique: dict[str, None]) -> dict[str, Vectors]:
+        found = {}
+        self.cache_stats.lookups += len(unique)
+        for text in unique:
+            vector = self._cache.get(text)
+            if vector is not None:
+                self._cache.move_to_end(text)
+                found[text] = vector
+        self.cache_stats.hits += len(found)
+        return found
+
+    def _remember(self, text: str, vector: Vectors) -> None:
+        if self._cache_size <= 0:
+            return
+        self._cache[text] = vector
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _encode_unique(self, texts: list[str]) -> Vectors:
         import torch

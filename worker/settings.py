@@ -27,6 +27,9 @@ class WorkerSettings(BrokerSettings):
     embed_device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         default="auto", description="Device for the embedder; auto = cuda, then mps, then cpu."
     )
+    embed_cache_size: int = Field(
+        default=10_000, ge=0, description="Recent query vectors kept (LRU); 0 = no cache."
+    )
     max_batch: int = Field(default=64, ge=1, le=4096, description="Most requests in one batch.")
     max_batch_tokens: int = Field(
         default=16384, ge=1, description="Most padded tokens (longest x count) in one batch."

@@ -69,7 +69,7 @@ class SQLiteStore:
         await self._run(lambda: self._connection())
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        return await self._run(lambda: [self._search_group(group) for group in groups])
+        return await self._run(lambda: self._search_groups(groups))
 
     async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
         rows = [_row(memory, vector) for memory, vector in zip(memories, embeddings, strict=True)]
@@ -115,16 +115,21 @@ class SQLiteStore:
             )
         self._cache.clear()
 
-    def _search_group(self, group: SearchGroup) -> GroupResult:
-        memories, matrix = self._group(group.memory_type, group.memory_id)
-        return score_group(memories, matrix, group.vectors, group.ks)
-
-    def _group(self, memory_type: MemoryType, memory_id: str) -> GroupData:
+    def _search_groups(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         conn = self._connection()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another connection committed
             self._cache.clear()
             self._data_version = version
+        results = []
+        for group in groups:
+            memories, matrix = self._group(conn, group.memory_type, group.memory_id)
+            results.append(score_group(memories, matrix, group.vectors, group.ks))
+        return results
+
+    def _group(
+        self, conn: sqlite3.Connection, memory_type: MemoryType, memory_id: str
+    ) -> GroupData:
         key = (memory_type, memory_id)
         cached = self._cache.get(key)
         if cached is not None:
