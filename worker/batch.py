@@ -41,6 +41,9 @@ class BatchLimits:
     # Bulk requests added to a batch that carries interactive ones: few, so the
     # interactive callers' batch stays short; bulk-only batches stay full size.
     bulk_top_up: int = 8
+    # Under backlog, pick each batch from this many batches' worth of waiting
+    # requests by length (cuts padding); 1 = strict arrival order.
+    sort_window: int = 4
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Batcher(Generic[T]):
             cap = self.limits.max_requests
             if lane is Lane.BULK and batch:
                 cap = min(cap, len(batch) + self.limits.bulk_top_up)
+            if len(queue) > cap - len(batch) > 0 and self.limits.sort_window > 1:
+                _group_by_length(queue, cap - len(batch), self.limits.sort_window)
             while queue and len(batch) < cap:
                 longest_if_taken = max(longest, queue[0].tokens)
                 padded_cost = longest_if_taken * (len(batch) + 1)
@@ -119,3 +124,21 @@ class Batcher(Generic[T]):
                 longest = longest_if_taken
                 batch.append(queue.popleft().item)
         return batch
+
+
+def _group_by_length(queue: deque[_Entry[T]], room: int, window: int) -> None:
+    """Move `room` similar-length entries, always including the oldest, to the front.
+
+    Among the first `room x window` entries sorted by tokens, take the run of `room`
+    that holds the oldest and has the shortest longest entry: least padding. Every
+    request becomes the oldest in time, so none waits forever.
+    """
+    candidates = [queue.popleft() for _ in range(min(len(queue), room * window))]
+    oldest = candidates[0]
+    by_length = sorted(candidates, key=lambda entry: entry.tokens)
+    position = next(i for i, entry in enumerate(by_length) if entry is oldest)
+    start = max(0, position - room + 1)
+    chosen = by_length[start : start + room]
+    chosen_ids = {id(entry) for entry in chosen}
+    rest = [entry for entry in candidates if id(entry) not in chosen_ids]
+    queue.extendleft(reversed(chosen + rest))

@@ -54,6 +54,7 @@ class Worker:
                 settings.max_batch_tokens,
                 settings.max_wait_ms / 1000,
                 settings.bulk_top_up,
+                settings.batch_sort_window,
             )
         )
 

@@ -37,6 +37,11 @@ class WorkerSettings(BrokerSettings):
     max_wait_ms: float = Field(
         default=0.0, ge=0.0, description="Wait this long for a fuller batch; 0 = greedy."
     )
+    batch_sort_window: int = Field(
+        default=4,
+        ge=1,
+        description="Under backlog, batch similar lengths from this many batches' worth; 1 = FIFO.",
+    )
     bulk_top_up: int = Field(
         default=8,
         ge=0,

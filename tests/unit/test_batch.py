@@ -98,3 +98,36 @@ async def test_close_wakes_the_dispatcher_and_drain_returns_leftovers() -> None:
     assert await batcher.next_batch() == []
     assert batcher.drain() == ["late-rpc", "late-bulk"]
     assert len(batcher) == 0
+
+
+async def test_under_backlog_batches_group_similar_lengths_and_keep_the_oldest() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=2, sort_window=4))
+    for name, tokens in [("a", 50), ("b", 5), ("c", 40), ("d", 6), ("e", 45), ("f", 7)]:
+        batcher.put(name, Lane.INTERACTIVE, tokens=tokens)
+    first = await batcher.next_batch()
+    assert "a" in first and sorted(first) == ["a", "e"]  # the oldest, with its nearest length
+    assert sorted(await batcher.next_batch()) == ["b", "d"]
+    assert sorted(await batcher.next_batch()) == ["c", "f"]
+
+
+async def test_length_grouping_cuts_padded_cost_against_arrival_order() -> None:
+    lengths = [8, 120, 9, 110, 10, 130, 7, 100] * 4
+
+    async def padded_cost(window: int) -> int:
+        batcher: Batcher[int] = Batcher(BatchLimits(max_requests=4, sort_window=window))
+        for tokens in lengths:
+            batcher.put(tokens, Lane.BULK, tokens=tokens)
+        cost = 0
+        while batch := (await batcher.next_batch() if len(batcher) else []):
+            cost += max(batch) * len(batch)
+        return cost
+
+    fifo, grouped = await padded_cost(1), await padded_cost(4)
+    assert grouped < fifo * 0.7
+
+
+async def test_without_backlog_arrival_order_is_kept() -> None:
+    batcher: Batcher[str] = Batcher(BatchLimits(max_requests=4, sort_window=4))
+    for name, tokens in [("a", 90), ("b", 1), ("c", 50)]:
+        batcher.put(name, Lane.INTERACTIVE, tokens=tokens)
+    assert await batcher.next_batch() == ["a", "b", "c"]
