@@ -61,11 +61,11 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def write_results(name: str, results: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, results: dict[str, Any], directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC)
     host = platform.node().split(".")[0] or "machine"
-    path = RESULTS / f"{stamp:%Y-%m-%d}-{host}-{name}.json"
+    path = directory / f"{stamp:%Y-%m-%d}-{host}-{name}.json"
     document = {"benchmark": name, "date": stamp.isoformat(), "machine": machine(), **results}
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path

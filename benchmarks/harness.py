@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import celery_load, load
-from benchmarks.common import ROOT, percentiles, write_results
+from benchmarks.common import RESULTS, ROOT, percentiles, write_results
 from benchmarks.data import Workload, build_store
 from benchmarks.systems import CpuMeter, Running, naive, peak_rss_mb, recallq
 
@@ -148,7 +148,7 @@ async def run(plan: Plan) -> dict[str, Any]:
     return {"systems": systems, "ratios": ratios(systems)}
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, results_dir: Path = RESULTS) -> None:
     plan = QUICK if quick else FULL
     workload = Workload()
     results = asyncio.run(run(plan))
@@ -161,6 +161,6 @@ def main(quick: bool) -> None:
         "queries": "unique texts",
     }
     results["plan"] = {**plan.__dict__, "quick": quick}
-    path = write_results("quick" if quick else "run", results)
+    path = write_results("quick" if quick else "run", results, results_dir)
     print(render(results["systems"], results["ratios"]))
     print(f"written to {path}")

@@ -1,0 +1,31 @@
+"""`python -m benchmarks run --quick` runs end to end. Speed is recorded, never asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.integration.conftest import ROOT
+
+
+async def test_the_quick_benchmark_run_measures_every_system(amqp_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RECALLQ_AMQP_URL": amqp_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks", "run", "--quick", "--results", str(tmp_path),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
+    assert process.returncode == 0, output.decode()[-3000:]
+    [result_file] = tmp_path.glob("*-quick.json")
+    results = json.loads(result_file.read_text())
+    systems = results["systems"]
+    assert set(systems) == {"embed_ceiling", "naive", "celery", "recallq"}
+    for name in ("naive", "celery", "recallq"):
+        assert systems[name]["saturated_rps"] > 0
+        assert systems[name]["idle_ms"]["count"] == 20
+        assert systems[name]["peak_rss_mb"] > 0
+    assert set(results["ratios"]) >= {"recallq_vs_naive_throughput", "recallq_vs_embed_ceiling"}
+    assert "| recallq |" in output.decode()
