@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.integration.conftest import ROOT
 
@@ -19,8 +20,7 @@ async def test_the_quick_benchmark_run_measures_every_system(amqp_url: str, tmp_
     )  # fmt: skip
     output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
     assert process.returncode == 0, output.decode()[-3000:]
-    [result_file] = tmp_path.glob("*-quick.json")
-    results = json.loads(result_file.read_text())
+    results = read_the_one_result(tmp_path)
     systems = results["systems"]
     assert set(systems) == {"embed_ceiling", "naive", "celery", "recallq"}
     for name in ("naive", "celery", "recallq"):
@@ -29,3 +29,9 @@ async def test_the_quick_benchmark_run_measures_every_system(amqp_url: str, tmp_
         assert systems[name]["peak_rss_mb"] > 0
     assert set(results["ratios"]) >= {"recallq_vs_naive_throughput", "recallq_vs_embed_ceiling"}
     assert "| recallq |" in output.decode()
+
+
+def read_the_one_result(directory: Path) -> dict[str, Any]:
+    [result_file] = directory.glob("*-quick.json")
+    results: dict[str, Any] = json.loads(result_file.read_text())
+    return results
