@@ -18,6 +18,7 @@ from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, Retrie
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
 from worker.errors import InvalidMessage, describe_validation_error
+from worker.reply import delivery_count
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +34,10 @@ class Delivery:
     dispatched: float = 0.0
 
 
-def decode(message: AbstractIncomingMessage) -> RetrievalRequest:
+def decode(message: AbstractIncomingMessage, max_bytes: int) -> RetrievalRequest:
     """The request in `message`, or InvalidMessage saying what is wrong with it."""
+    if len(message.body) > max_bytes:
+        raise InvalidMessage(f"body is {len(message.body)} bytes, over the {max_bytes} limit")
     if message.content_type not in (None, "", CONTENT_TYPE):
         raise InvalidMessage(f"content_type must be {CONTENT_TYPE}, got {message.content_type!r}")
     version = (message.headers or {}).get(SCHEMA_HEADER, SCHEMA_VERSION)
@@ -52,7 +55,7 @@ def decode(message: AbstractIncomingMessage) -> RetrievalRequest:
         raise InvalidMessage(describe_validation_error(exc)) from None
 
 
-InvalidHandler = Callable[[AbstractIncomingMessage, InvalidMessage], Awaitable[None]]
+InvalidHandler = Callable[[AbstractIncomingMessage, str], Awaitable[None]]
 
 
 class Consumer:
@@ -69,8 +72,11 @@ class Consumer:
         batcher: Batcher[Delivery],
         count_tokens: Callable[[str], int],
         on_invalid: InvalidHandler,
+        max_message_bytes: int,
     ) -> None:
         self._channels = channels
+        self._max_bytes = max_message_bytes
+        self.redeliveries = 0
         self._topology = topology
         self._batcher = batcher
         self._count_tokens = count_tokens
@@ -94,10 +100,18 @@ class Consumer:
 
     def _callback(self, lane: Lane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if message.redelivered:
+                # Another worker died (or shut down) holding it, or processing crashed.
+                self.redeliveries += 1
+                log.info(
+                    "redelivered request",
+                    request_id=message.correlation_id,
+                    earlier_deliveries=delivery_count(message),
+                )
             try:
-                request = decode(message)
+                request = decode(message, self._max_bytes)
             except InvalidMessage as exc:
-                await self._on_invalid(message, exc)
+                await self._on_invalid(message, str(exc))
                 return
             delivery = Delivery(request, message, lane, time.monotonic())
             self._batcher.put(delivery, lane, self._count_tokens(request.query))

@@ -2,6 +2,8 @@
 
 The dispatch loop embeds one batch at a time and hands each embedded batch to
 its own task for search and reply, so batch N+1 embeds while batch N searches.
+A batch that crashes is split and retried request by request, so one poison
+request cannot take its batch-mates down with it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import itertools
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import aio_pika
@@ -22,7 +24,7 @@ from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
 from worker.errors import RecallqError
-from worker.reply import Replier, requeue, retry_later
+from worker.reply import Replier, requeue
 from worker.retry import batch_deadline
 from worker.search import search_and_rank
 from worker.settings import WorkerSettings
@@ -30,12 +32,15 @@ from worker.store.base import MemoryStore, Vectors
 
 log = structlog.get_logger(__name__)
 
+RetryOne = Callable[[list[Delivery]], Awaitable[None]]
+
 
 @dataclass
 class WorkerStats:
     batches: int = 0
     requests: int = 0
     largest_batch: int = 0
+    redeliveries: int = 0
 
 
 class Worker:
@@ -70,40 +75,43 @@ class Worker:
             client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
         )
         async with connection:
-            prefetch = {
-                Lane.INTERACTIVE: self.settings.prefetch,
-                Lane.BULK: self.settings.bulk_prefetch,
-            }
-            channels: dict[Lane, AbstractChannel] = {}
-            for lane, count in prefetch.items():
-                channels[lane] = await connection.channel()
-                await channels[lane].set_qos(prefetch_count=count)
-            reply_channel = await connection.channel(on_return_raises=True)
-            self._replier = Replier(reply_channel, self.settings.worker_id)
-            consumer = Consumer(
-                channels,
-                self.settings.topology,
-                self._batcher,
-                self.embedder.count_tokens,
-                self._replier.refuse,
-            )
-            await consumer.start()
+            consumer = await self._start_consuming(connection)
             self.ready.set()
             closer = asyncio.create_task(self._close_batcher_on(stop))
             try:
-                await self._dispatch_loop()
+                while batch := await self._batcher.next_batch():
+                    await self._embed_and_hand_off(batch)
             finally:
                 closer.cancel()
                 await self._shutdown(consumer)
+
+    async def _start_consuming(self, connection: aio_pika.abc.AbstractConnection) -> Consumer:
+        """A channel per lane (each with its prefetch) and one for replies, with confirms."""
+        prefetch = {
+            Lane.INTERACTIVE: self.settings.prefetch,
+            Lane.BULK: self.settings.bulk_prefetch,
+        }
+        channels: dict[Lane, AbstractChannel] = {}
+        for lane, count in prefetch.items():
+            channels[lane] = await connection.channel()
+            await channels[lane].set_qos(prefetch_count=count)
+        reply_channel = await connection.channel(on_return_raises=True)
+        self._replier = Replier(reply_channel, self.settings.worker_id)
+        consumer = Consumer(
+            channels,
+            self.settings.topology,
+            self._batcher,
+            self.embedder.count_tokens,
+            self._replier.refuse_invalid,
+            self.settings.max_message_bytes,
+        )
+        await consumer.start()
+        return consumer
 
     async def _close_batcher_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping: no new batches")
         self._batcher.close()
-
-    async def _dispatch_loop(self) -> None:
-        while batch := await self._batcher.next_batch():
-            await self._embed_and_hand_off(batch)
 
     async def _shutdown(self, consumer: Consumer) -> None:
         """Stop consuming, requeue what is only prefetched, finish what is in flight."""
@@ -113,34 +121,35 @@ class Worker:
             await requeue(delivery.message)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace_s)
+        self.stats.redeliveries = consumer.redeliveries
         log.info("worker stopped", **vars(self.stats))
 
     async def _embed_and_hand_off(self, batch: list[Delivery]) -> None:
         batch_id = next(self._batch_ids)
         started = time.monotonic()
         for delivery in batch:
-            delivery.dispatched = started
-        live = [d for d in batch if not self._answer_if_expired(d)]
+            delivery.dispatched = delivery.dispatched or started
+        live = [d for d in batch if not self._refuse_if_expired(d)]
         if not live:
             return
         try:
             vectors = await self.embedder.embed([d.request.query for d in live])
         except Exception:
             log.exception("embedding failed", batch_id=batch_id, size=len(live))
-            for delivery in live:
-                await retry_later(delivery.message)
+            await self._isolate_or_give_up(live, self._embed_and_hand_off)
             return
         embed_ms = (time.monotonic() - started) * 1000
         self._spawn(self._search_and_reply(batch_id, live, vectors, embed_ms))
 
-    def _answer_if_expired(self, delivery: Delivery) -> bool:
+    def _refuse_if_expired(self, delivery: Delivery) -> bool:
         deadline = delivery.request.deadline_ms
         if deadline is None or deadline > time.time() * 1000:
             return False
+        assert self._replier is not None
         response = RetrievalResponse.failure(
             delivery.request.request_id, ErrorCode.EXPIRED, "deadline passed before work began"
         )
-        self._spawn(self._reply(delivery, response, batch_size=0))
+        self._spawn(self._replier.refuse(delivery.message, response))
         return True
 
     async def _search_and_reply(
@@ -157,15 +166,23 @@ class Worker:
                 now=time.time(),
                 deadline=batch_deadline(requests, self.settings.store_retry_s),
             )
-        except RecallqError as exc:
+        except RecallqError as exc:  # store unavailable or mismatched: a final, coded error
             log.warning("search failed", batch_id=batch_id, error=str(exc), code=exc.code)
-            await asyncio.gather(*(self._reply(d, _failure(d, exc), len(batch)) for d in batch))
+            failures = [(d, _failure(d, exc)) for d in batch]
+            await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in failures))
             return
         except Exception:
-            log.exception("search crashed", batch_id=batch_id)
-            await asyncio.gather(*(retry_later(d.message) for d in batch))
+            log.exception("search crashed", batch_id=batch_id, size=len(batch))
+            rows = {id(d): row for row, d in enumerate(batch)}
+
+            async def again(one: list[Delivery]) -> None:
+                row = rows[id(one[0])]
+                await self._search_and_reply(batch_id, one, vectors[row : row + 1], embed_ms)
+
+            await self._isolate_or_give_up(batch, again)
             return
         search_ms = (time.monotonic() - started) * 1000
+        self._count(len(batch))
         responses = [
             RetrievalResponse(
                 request_id=d.request.request_id,
@@ -175,7 +192,6 @@ class Worker:
             )
             for d, hits in zip(batch, results, strict=True)
         ]
-        self._count(len(batch))
         replies = zip(batch, responses, strict=True)
         await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in replies))
         log.info(
@@ -186,6 +202,16 @@ class Worker:
             search_ms=round(search_ms, 2),
             total_ms=round((time.monotonic() - batch[0].dispatched) * 1000, 2),
         )
+
+    async def _isolate_or_give_up(self, batch: list[Delivery], retry_one: RetryOne) -> None:
+        """A batch failed: retry each request alone; a lone request that fails has crashed."""
+        assert self._replier is not None
+        if len(batch) == 1:
+            delivery = batch[0]
+            await self._replier.crashed(delivery.message, delivery.request.request_id)
+            return
+        for delivery in batch:
+            await retry_one([delivery])
 
     async def _reply(
         self, delivery: Delivery, response: RetrievalResponse, batch_size: int

@@ -1,7 +1,15 @@
 """Publishing replies, and the one place that decides ack, reject or nack.
 
-A request message is acked only after its reply is confirmed by the broker, so
-a worker that dies mid-batch leaves its requests to be redelivered elsewhere.
+| outcome                                   | reply                  | then                       |
+| ----------------------------------------- | ---------------------- | -------------------------- |
+| answered (ok, or a final error)           | the response           | ack                        |
+| refused (invalid, expired)                | the error, if reply_to | reject, no requeue: dead   |
+| crashed, attempts left                    | none                   | reject + requeue (counted) |
+| crashed on the last attempt               | `internal`             | reject, no requeue: dead   |
+| not now (shutdown, reply channel lost)    | none                   | nack + requeue (uncounted) |
+
+A request is acked only after its reply is confirmed by the broker, so a worker
+that dies mid-batch leaves its requests to be redelivered to another.
 """
 
 from __future__ import annotations
@@ -22,11 +30,19 @@ from schemas.messages import (
     ErrorCode,
     RetrievalResponse,
 )
-from worker.errors import InvalidMessage
+from schemas.topology import DELIVERY_LIMIT
 
 log = structlog.get_logger(__name__)
 
 SETTLE_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    if isinstance(count, int) and count > 0:
+        return count
+    return 1 if message.redelivered else 0
 
 
 class Replier:
@@ -71,17 +87,38 @@ class Replier:
             return
         await _settle(message.ack(), response.request_id)
 
-    async def refuse(self, message: AbstractIncomingMessage, error: InvalidMessage) -> None:
-        """Reply `invalid_request` where possible, then reject without requeue: dead letter."""
-        request_id = message.correlation_id or _request_id_of(message.body) or ""
-        log.warning("invalid request", request_id=request_id, error=str(error))
+    async def refuse(self, message: AbstractIncomingMessage, response: RetrievalResponse) -> None:
+        """Reply with the error where there is a reply_to, then dead-letter the message."""
+        log.warning(
+            "request refused",
+            request_id=response.request_id,
+            code=response.error.code if response.error else None,
+            error=response.error.message if response.error else None,
+        )
         if message.reply_to:
-            response = RetrievalResponse.failure(request_id, ErrorCode.INVALID_REQUEST, str(error))
             try:
                 await self.publish(message.reply_to, response)
             except SETTLE_ERRORS as exc:
-                log.warning("invalid reply failed", request_id=request_id, error=repr(exc))
-        await _settle(message.reject(requeue=False), request_id)
+                log.warning("refusal reply failed", request_id=response.request_id, error=repr(exc))
+        await _settle(message.reject(requeue=False), response.request_id)
+
+    async def refuse_invalid(self, message: AbstractIncomingMessage, reason: str) -> None:
+        request_id = message.correlation_id or _request_id_of(message.body) or ""
+        response = RetrievalResponse.failure(request_id, ErrorCode.INVALID_REQUEST, reason)
+        await self.refuse(message, response)
+
+    async def crashed(self, message: AbstractIncomingMessage, request_id: str) -> None:
+        """Processing raised: retry elsewhere while attempts remain, then answer and give up."""
+        if delivery_count(message) + 1 >= DELIVERY_LIMIT:
+            response = RetrievalResponse.failure(
+                request_id,
+                ErrorCode.INTERNAL,
+                f"processing failed on {DELIVERY_LIMIT} attempts; the request is dead-lettered",
+            )
+            await self.refuse(message, response)
+            return
+        # reject, not nack: RabbitMQ 4.3 counts only rejects toward the delivery limit.
+        await _settle(message.reject(requeue=True), request_id)
 
 
 async def requeue(message: AbstractIncomingMessage) -> None:
@@ -90,11 +127,6 @@ async def requeue(message: AbstractIncomingMessage) -> None:
     nack, not reject: RabbitMQ 4.3 counts only rejects toward the delivery limit.
     """
     await _settle(message.nack(requeue=True), message.correlation_id or "")
-
-
-async def retry_later(message: AbstractIncomingMessage) -> None:
-    """Processing crashed: reject with requeue, so the delivery limit bounds the retries."""
-    await _settle(message.reject(requeue=True), message.correlation_id or "")
 
 
 async def _settle(action: Awaitable[None], request_id: str) -> None:

@@ -95,6 +95,9 @@ class WorkerSettings(BrokerSettings):
     candidate_factor: int = Field(
         default=4, ge=1, le=20, description="Vector candidates per hit, re-ranked by signal."
     )
+    max_message_bytes: int = Field(
+        default=65_536, ge=1024, description="Larger request bodies are refused as invalid."
+    )
     worker_id: str = Field(default_factory=_default_worker_id, description="Shown in replies.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest log level written."
