@@ -1,6 +1,22 @@
 """The recallq client side: RPC client and CLI. Imports only `schemas`."""
 
 from producer.bulk import BulkJob, BulkSummary
-from producer.client import Query, RetrievalClient, RetrievalTimeout
+from producer.client import (
+    Query,
+    RetrievalClient,
+    RetrievalError,
+    RetrievalOverloaded,
+    RetrievalTimeout,
+    RetrievalUnavailable,
+)
 
-__all__ = ["BulkJob", "BulkSummary", "Query", "RetrievalClient", "RetrievalTimeout"]
+__all__ = [
+    "BulkJob",
+    "BulkSummary",
+    "Query",
+    "RetrievalClient",
+    "RetrievalError",
+    "RetrievalOverloaded",
+    "RetrievalTimeout",
+    "RetrievalUnavailable",
+]

@@ -23,6 +23,7 @@ import aio_pika
 import structlog
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import DeliveryError
 from pydantic import ValidationError
 from tqdm import tqdm
 
@@ -152,7 +153,20 @@ class BulkJob:
                 headers={SCHEMA_HEADER: SCHEMA_VERSION},
                 delivery_mode=DeliveryMode.PERSISTENT,
             )
-            await channel.default_exchange.publish(message, bulk_queue, mandatory=True)
+            await publish_until_accepted(channel, message, bulk_queue)
+
+
+async def publish_until_accepted(channel: AbstractChannel, message: Message, queue: str) -> None:
+    """A full bulk queue nacks the publish: back off and offer it again (no duplicate risk)."""
+    delay = 0.1
+    while True:
+        try:
+            await channel.default_exchange.publish(message, queue, mandatory=True)
+            return
+        except DeliveryError:
+            log.info("bulk queue full; backing off", delay_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 class _Collector:

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from producer.bulk import BulkJob, BulkSummary
-from producer.client import RetrievalClient, RetrievalTimeout
+from producer.client import RetrievalClient, RetrievalError, RetrievalTimeout
 from schemas.messages import MemoryType, RetrievalResponse
 from schemas.settings import BrokerSettings
 
@@ -101,6 +101,9 @@ async def _ask(
         return 2
     except RetrievalTimeout as exc:
         print(f"{exc}: is a worker running? (python -m worker run)", file=sys.stderr)
+        return 1
+    except RetrievalError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     elapsed_ms = (time.perf_counter() - started) * 1000
     if as_json:

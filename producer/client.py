@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import (
@@ -24,12 +25,14 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import AMQPError, DeliveryError
 from pydantic import ValidationError
 
 from schemas.messages import (
     CONTENT_TYPE,
     SCHEMA_HEADER,
     SCHEMA_VERSION,
+    ErrorCode,
     MemoryType,
     RankWeights,
     RetrievalRequest,
@@ -42,8 +45,27 @@ log = structlog.get_logger(__name__)
 Limits = Mapping[MemoryType, int] | Mapping[str, int]
 
 
-class RetrievalTimeout(TimeoutError):
+class RetrievalError(Exception):
+    """A call that got no response; `retryable` says whether trying again may succeed."""
+
+    code = ErrorCode.INTERNAL
+    retryable = True
+
+
+class RetrievalTimeout(RetrievalError, TimeoutError):
     """No reply within the call's timeout; the request may still be answered later."""
+
+    code = ErrorCode.EXPIRED
+
+
+class RetrievalOverloaded(RetrievalError):
+    """The broker refused the request: its queue is full (RECALLQ_MAX_QUEUED)."""
+
+    code = ErrorCode.OVERLOADED
+
+
+class RetrievalUnavailable(RetrievalError):
+    """The broker connection failed while publishing; it reconnects by itself."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,12 @@ class RetrievalClient:
             await self._channel.default_exchange.publish(
                 message, self._topology.requests.name, mandatory=True
             )
+        except DeliveryError:
+            future.cancel()
+            raise RetrievalOverloaded("the request queue is full; retry later") from None
+        except (AMQPError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            future.cancel()
+            raise RetrievalUnavailable(f"publish failed: {exc!r}; retry later") from None
         except BaseException:
             future.cancel()
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topology import Topology
+from schemas.topology import MAX_QUEUED, Topology
 
 
 class BrokerSettings(BaseSettings):
@@ -20,6 +20,12 @@ class BrokerSettings(BaseSettings):
         description="Prefix of every queue name.",
     )
 
+    max_queued: int = Field(
+        default=MAX_QUEUED,
+        ge=1,
+        description="Requests a request queue holds; past it publishes are refused (overloaded).",
+    )
+
     @property
     def topology(self) -> Topology:
-        return Topology(self.queue_prefix)
+        return Topology(self.queue_prefix, self.max_queued)

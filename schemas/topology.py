@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractQueue
 
 DELIVERY_LIMIT = 5
+MAX_QUEUED = 100_000
 REPLY_QUEUE_TTL_MS = 60_000
 JOB_QUEUE_TTL_MS = 24 * 3600 * 1000
 
@@ -36,6 +37,7 @@ class Topology:
     """The queues of one recallq deployment, named from `prefix`."""
 
     prefix: str = "recallq"
+    max_queued: int = MAX_QUEUED  # per request queue; past it the broker refuses publishes
 
     @property
     def dead(self) -> QueueSpec:
@@ -69,6 +71,8 @@ class Topology:
         # The delivery limit and the dead-letter target are explicit so RabbitMQ 3.10
         # (unlimited by default) and 4.x (20 by default) behave alike; at-least-once
         # dead-lettering keeps a poison message until the dead queue confirms it.
+        # A full queue nacks new publishes (reject-publish): producers learn of
+        # overload at once instead of queueing without limit.
         return QueueSpec(
             f"{self.prefix}.{lane}",
             {
@@ -78,6 +82,7 @@ class Topology:
                 "x-dead-letter-routing-key": f"{self.prefix}.dead",
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
+                "x-max-length": self.max_queued,
             },
         )
 

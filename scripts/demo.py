@@ -42,12 +42,13 @@ def main() -> int:
     print(f"== 1. ingest {MEMORIES.relative_to(ROOT)} into {db.relative_to(ROOT)}", flush=True)
     subprocess.run([sys.executable, "-m", "worker", "ingest", str(MEMORIES)], env=env, check=True)
 
+    settings = BrokerSettings(queue_prefix=env["RECALLQ_QUEUE_PREFIX"])
+    asyncio.run(delete_demo_queues(settings))  # the demo's own; a fresh start every time
     log_path = DEMO_DIR / "worker.log"
     print(f"== 2. start a worker (logs: {log_path.relative_to(ROOT)})", flush=True)
     with log_path.open("w") as log:
         worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stderr=log)
         try:
-            settings = BrokerSettings(queue_prefix=env["RECALLQ_QUEUE_PREFIX"])
             asyncio.run(ask_questions(settings, worker))
         finally:
             print("== 6. stop the worker with SIGTERM", flush=True)
@@ -55,6 +56,15 @@ def main() -> int:
             code = worker.wait(timeout=60)
             print(f"worker exited with code {code}")
     return 0 if code == 0 else 1
+
+
+async def delete_demo_queues(settings: BrokerSettings) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        topology = settings.topology
+        for name in (topology.requests.name, topology.bulk.name, topology.dead.name):
+            await channel.queue_delete(name)
 
 
 async def wait_for_worker(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:

@@ -57,8 +57,11 @@ GroupData = tuple[list[Memory], Vectors]
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, max_cached_groups: int = 4096) -> None:
+    def __init__(
+        self, path: Path, *, max_cached_groups: int = 4096, busy_timeout_s: float = 5.0
+    ) -> None:
         self.path = path
+        self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._cache: OrderedDict[GroupKey, GroupData] = OrderedDict()
@@ -95,7 +98,7 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0)
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)

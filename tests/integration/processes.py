@@ -1,0 +1,69 @@
+"""Workers as real processes, for tests that kill, stop or restart them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+
+from worker.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    def __init__(self, settings: WorkerSettings, db: Path, log: Path) -> None:
+        self.settings = settings
+        self.db = db
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        consumers_before = await self._consumers()
+        env = {
+            **os.environ,
+            "RECALLQ_AMQP_URL": self.settings.amqp_url,
+            "RECALLQ_QUEUE_PREFIX": self.settings.queue_prefix,
+            "RECALLQ_MAX_QUEUED": str(self.settings.max_queued),
+            "RECALLQ_STORE_URL": f"sqlite:///{self.db}",
+            "RECALLQ_LOG_FORMAT": "json",
+        }
+        with self.log.open("a") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", "run", env=env, cwd=ROOT, stderr=log
+            )
+        await self._wait_until_consuming(consumers_before + 1)
+
+    async def signal(self, sig: signal.Signals) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return await asyncio.wait_for(self.process.wait(), timeout=90)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            await self.signal(signal.SIGTERM)
+
+    def log_lines(self, event: str) -> int:
+        return sum(f'"event": "{event}"' in line for line in self.log.read_text().splitlines())
+
+    async def _consumers(self) -> int:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await self.settings.topology.declare_shared(channel)
+            queue = await channel.declare_queue(self.settings.topology.requests.name, passive=True)
+            return queue.declaration_result.consumer_count or 0
+
+    async def _wait_until_consuming(self, consumers: int) -> None:
+        """Bounded wait: model loading takes seconds; a dead process fails at once."""
+        assert self.process is not None
+        deadline = time.monotonic() + 120
+        while await self._consumers() < consumers:
+            assert self.process.returncode is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "worker did not start consuming within 120 s"
+            await asyncio.sleep(0.1)
