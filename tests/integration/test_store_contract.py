@@ -3,6 +3,9 @@ and MongoDB with $vectorSearch where an Atlas-compatible server is reachable."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from schemas.messages import MemoryType
 from tests.oracle import Oracle
 from worker.embed import Embedder
@@ -82,3 +85,33 @@ async def test_upsert_replaces_a_memory_with_the_same_id(
     vector = embedder.encode(["summary"])
     [[hits]] = await any_store.search([SearchGroup(MemoryType.SUMMARIES, tenant, vector, (10,))])
     assert [c.memory for c in hits] == [second]
+
+
+TENANTS = ["travel-concierge:maya", "code-copilot:devon", "health-coach:sam"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    asks=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=40),
+            st.sampled_from(TENANTS) | st.text(max_size=12),
+            st.sampled_from(TYPES),
+            st.integers(1, 60),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+async def test_property_no_result_ever_belongs_to_another_tenant(
+    asks: list[tuple[str, str, str, int]], any_store: MemoryStore, embedder: Embedder
+) -> None:
+    vectors = embedder.encode([text for text, _, _, _ in asks])
+    groups = [
+        SearchGroup(MemoryType(memory_type), memory_id, vectors[[row]], (k,))
+        for row, (_, memory_id, memory_type, k) in enumerate(asks)
+    ]
+    for group, (hits,) in zip(groups, await any_store.search(groups), strict=True):
+        assert len(hits) <= group.ks[0]
+        assert all(c.memory.memory_id == group.memory_id for c in hits)
+        assert all(c.memory.memory_type == group.memory_type for c in hits)
