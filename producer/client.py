@@ -43,6 +43,13 @@ from schemas.settings import BrokerSettings
 log = structlog.get_logger(__name__)
 
 Limits = Mapping[MemoryType, int] | Mapping[str, int]
+# What a publish raises while the connection is down or being restored.
+PUBLISH_ERRORS = (
+    AMQPError,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 class RetrievalError(Exception):
@@ -164,7 +171,7 @@ class RetrievalClient:
         except DeliveryError:
             future.cancel()
             raise RetrievalOverloaded("the request queue is full; retry later") from None
-        except (AMQPError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except PUBLISH_ERRORS as exc:
             future.cancel()
             raise RetrievalUnavailable(f"publish failed: {exc!r}; retry later") from None
         except BaseException:
