@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bulk_interactive, harness
+from benchmarks import bulk_interactive, chaos, harness
 from benchmarks.common import RESULTS
 
 
@@ -15,6 +15,10 @@ def main() -> None:
     run = commands.add_parser("run", help="embed ceiling, naive, Celery and recallq compared")
     run.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
     run.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    chaos_cmd = commands.add_parser("chaos", help="kill workers and restart the broker under load")
+    chaos_cmd.add_argument("--requests", type=int, default=10_000)
+    chaos_cmd.add_argument("--kills", type=int, default=4, help="SIGKILLs of one worker")
+    chaos_cmd.add_argument("--no-broker-restart", action="store_true")
     bulk = commands.add_parser("bulk-interactive", help="RPC latency while a bulk job runs")
     bulk.add_argument("--quick", action="store_true", help="a small run (about a minute)")
     args = parser.parse_args()
@@ -22,6 +26,8 @@ def main() -> None:
         harness.main(quick=args.quick, results_dir=args.results)
     elif args.command == "bulk-interactive":
         bulk_interactive.main(quick=args.quick)
+    elif args.command == "chaos":
+        raise SystemExit(chaos.main(args.requests, args.kills, not args.no_broker_restart))
 
 
 if __name__ == "__main__":

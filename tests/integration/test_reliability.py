@@ -13,10 +13,10 @@ import aio_pika
 import numpy as np
 import pytest
 
+from benchmarks.processes import WorkerProcess
 from producer.client import Query, RetrievalClient, RetrievalOverloaded
 from schemas.messages import ErrorCode, MemoryType, RetrievalResponse
 from tests.integration.conftest import running_worker
-from tests.integration.processes import WorkerProcess
 from worker.embed import Embedder
 from worker.errors import StoreUnavailable
 from worker.settings import WorkerSettings

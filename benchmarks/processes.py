@@ -1,4 +1,4 @@
-"""Workers as real processes, for tests that kill, stop or restart them."""
+"""Workers as real processes, for tests and the chaos run that kill, stop or restart them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import aio_pika
 
 from worker.settings import WorkerSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class WorkerProcess:
