@@ -83,6 +83,7 @@ async def worker_process(
         "RECALLQ_QUEUE_PREFIX": prefix,
         "RECALLQ_LOG_FORMAT": "json",
         "RECALLQ_LOG_LEVEL": "warning",
+        "RECALLQ_METRICS_PORT": "0",
         **(extra_env or {}),
     }
     ingest = await asyncio.create_subprocess_exec(

@@ -32,6 +32,7 @@ class WorkerProcess:
             "RECALLQ_MAX_QUEUED": str(self.settings.max_queued),
             "RECALLQ_STORE_URL": f"sqlite:///{self.db}",
             "RECALLQ_LOG_FORMAT": "json",
+            "RECALLQ_METRICS_PORT": "0",  # several workers on one host: any free port
         }
         with self.log.open("a") as log:
             self.process = await asyncio.create_subprocess_exec(

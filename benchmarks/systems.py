@@ -112,6 +112,7 @@ def environment(db: Path, prefix: str) -> dict[str, str]:
         "RECALLQ_QUEUE_PREFIX": prefix,
         "RECALLQ_LOG_FORMAT": "json",
         "RECALLQ_LOG_LEVEL": "warning",
+        "RECALLQ_METRICS_PORT": "0",
     }
 
 

@@ -18,6 +18,7 @@ from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, Retrie
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
 from worker.errors import InvalidMessage, describe_validation_error
+from worker.metrics import Metrics
 from worker.reply import delivery_count
 
 log = structlog.get_logger(__name__)
@@ -73,7 +74,9 @@ class Consumer:
         count_tokens: Callable[[str], int],
         on_invalid: InvalidHandler,
         max_message_bytes: int,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._channels = channels
         self._max_bytes = max_message_bytes
         self.redeliveries = 0
@@ -100,7 +103,9 @@ class Consumer:
 
     def _callback(self, lane: Lane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
+            self._metrics.in_flight.inc()  # until the settle policy acks, rejects or nacks it
             if message.redelivered:
+                self._metrics.redeliveries.inc()
                 # Another worker died (or shut down) holding it, or processing crashed.
                 self.redeliveries += 1
                 log.info(

@@ -19,12 +19,13 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel
 
-from schemas.messages import ErrorCode, RetrievalResponse, Timings
+from schemas.messages import ErrorCode, MemoryType, RetrievalResponse, Timings
 from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
 from worker.errors import RecallqError
-from worker.reply import Replier, requeue
+from worker.metrics import HealthServer, Metrics
+from worker.reply import Replier
 from worker.retry import batch_deadline
 from worker.search import search_and_rank
 from worker.settings import WorkerSettings
@@ -44,10 +45,19 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, embedder: Embedder, store: MemoryStore) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        embedder: Embedder,
+        store: MemoryStore,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.embedder = embedder
         self.store = store
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
+        self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
         self._batch_ids = itertools.count(1)
@@ -74,16 +84,33 @@ class Worker:
             self.settings.amqp_url,
             client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
         )
-        async with connection:
-            consumer = await self._start_consuming(connection)
-            self.ready.set()
-            closer = asyncio.create_task(self._close_batcher_on(stop))
-            try:
-                while batch := await self._batcher.next_batch():
-                    await self._embed_and_hand_off(batch)
-            finally:
-                closer.cancel()
-                await self._shutdown(consumer)
+        self._start_health_server(connection)
+        try:
+            async with connection:
+                consumer = await self._start_consuming(connection)
+                self.ready.set()
+                closer = asyncio.create_task(self._close_batcher_on(stop))
+                try:
+                    while batch := await self._batcher.next_batch():
+                        await self._embed_and_hand_off(batch)
+                finally:
+                    closer.cancel()
+                    await self._shutdown(consumer)
+        finally:
+            if self.health is not None:
+                self.health.stop()
+
+    def _start_health_server(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        """Ready = consuming, broker connected (robust reconnects clear it), model loaded."""
+        if self.settings.metrics_port < 0:
+            return
+
+        def ready() -> bool:
+            return self.ready.is_set() and connection.connected.is_set()
+
+        self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)
+        self.health.start()
+        log.info("metrics and health", port=self.health.port)
 
     async def _start_consuming(self, connection: aio_pika.abc.AbstractConnection) -> Consumer:
         """A channel per lane (each with its prefetch) and one for replies, with confirms."""
@@ -96,7 +123,7 @@ class Worker:
             channels[lane] = await connection.channel()
             await channels[lane].set_qos(prefetch_count=count)
         reply_channel = await connection.channel(on_return_raises=True)
-        self._replier = Replier(reply_channel, self.settings.worker_id)
+        self._replier = Replier(reply_channel, self.settings.worker_id, self.metrics)
         consumer = Consumer(
             channels,
             self.settings.topology,
@@ -104,6 +131,7 @@ class Worker:
             self.embedder.count_tokens,
             self._replier.refuse_invalid,
             self.settings.max_message_bytes,
+            self.metrics,
         )
         await consumer.start()
         return consumer
@@ -117,8 +145,9 @@ class Worker:
         """Stop consuming, requeue what is only prefetched, finish what is in flight."""
         await consumer.stop()
         self._batcher.close()
+        assert self._replier is not None
         for delivery in self._batcher.drain():
-            await requeue(delivery.message)
+            await self._replier.requeue(delivery.message)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace_s)
         self.stats.redeliveries = consumer.redeliveries
@@ -132,6 +161,7 @@ class Worker:
         live = [d for d in batch if not self._refuse_if_expired(d)]
         if not live:
             return
+        self._observe_batch(live)
         try:
             vectors = await self.embedder.embed([d.request.query for d in live])
         except Exception:
@@ -139,7 +169,15 @@ class Worker:
             await self._isolate_or_give_up(live, self._embed_and_hand_off)
             return
         embed_ms = (time.monotonic() - started) * 1000
+        self.metrics.embed_seconds.observe(embed_ms / 1000)
         self._spawn(self._search_and_reply(batch_id, live, vectors, embed_ms))
+
+    def _observe_batch(self, batch: list[Delivery]) -> None:
+        tokens = [self.embedder.count_tokens(d.request.query) for d in batch]
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tokens.observe(max(tokens) * len(tokens))
+        for delivery in batch:
+            self.metrics.queue_wait_seconds.observe(delivery.dispatched - delivery.received)
 
     def _refuse_if_expired(self, delivery: Delivery) -> bool:
         deadline = delivery.request.deadline_ms
@@ -165,6 +203,7 @@ class Worker:
                 candidate_factor=self.settings.candidate_factor,
                 now=time.time(),
                 deadline=batch_deadline(requests, self.settings.store_retry_s),
+                observe=self._observe_search,
             )
         except RecallqError as exc:  # store unavailable or mismatched: a final, coded error
             log.warning("search failed", batch_id=batch_id, error=str(exc), code=exc.code)
@@ -203,6 +242,12 @@ class Worker:
             total_ms=round((time.monotonic() - batch[0].dispatched) * 1000, 2),
         )
 
+    def _observe_search(self, memory_type: MemoryType, seconds: float) -> None:
+        mode = str(self.store.describe().get("mode", ""))
+        self.metrics.search_seconds.labels(memory_type=memory_type.value, store_mode=mode).observe(
+            seconds
+        )
+
     async def _isolate_or_give_up(self, batch: list[Delivery], retry_one: RetryOne) -> None:
         """A batch failed: retry each request alone; a lone request that fails has crashed."""
         assert self._replier is not None
@@ -224,6 +269,9 @@ class Worker:
         # an RPC caller waits seconds at most, so its reply skips the disk.
         persistent = delivery.lane is Lane.BULK
         await self._replier.answer(delivery.message, response, persistent=persistent)
+        self.metrics.request_seconds.labels(
+            lane=delivery.lane.value, status=response.status
+        ).observe(response.timings.total_ms / 1000)
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         task = asyncio.create_task(work)

@@ -31,6 +31,7 @@ from schemas.messages import (
     RetrievalResponse,
 )
 from schemas.topology import DELIVERY_LIMIT
+from worker.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +47,11 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
 
 
 class Replier:
-    def __init__(self, channel: AbstractChannel, worker_id: str) -> None:
+    def __init__(self, channel: AbstractChannel, worker_id: str, metrics: Metrics) -> None:
         # The channel must have publisher confirms and on_return_raises=True.
         self._channel = channel
         self._worker_id = worker_id
+        self._metrics = metrics
         self.returned = 0
 
     async def publish(
@@ -69,6 +71,7 @@ class Replier:
         except PublishError:
             # The requester and its reply queue are gone; retrying cannot help.
             self.returned += 1
+            self._metrics.returned_replies.inc()
             log.warning("reply returned", request_id=response.request_id, reply_to=reply_to)
 
     async def answer(
@@ -83,9 +86,10 @@ class Replier:
             await self.publish(message.reply_to or "", response, persistent=persistent)
         except SETTLE_ERRORS as exc:
             log.warning("reply failed; requeueing", request_id=response.request_id, error=repr(exc))
-            await requeue(message)
+            await self.requeue(message)
             return
-        await _settle(message.ack(), response.request_id)
+        self._count(response)
+        await self._settle(message.ack(), response.request_id)
 
     async def refuse(self, message: AbstractIncomingMessage, response: RetrievalResponse) -> None:
         """Reply with the error where there is a reply_to, then dead-letter the message."""
@@ -100,7 +104,8 @@ class Replier:
                 await self.publish(message.reply_to, response)
             except SETTLE_ERRORS as exc:
                 log.warning("refusal reply failed", request_id=response.request_id, error=repr(exc))
-        await _settle(message.reject(requeue=False), response.request_id)
+        self._count(response)
+        await self._settle(message.reject(requeue=False), response.request_id)
 
     async def refuse_invalid(self, message: AbstractIncomingMessage, reason: str) -> None:
         request_id = message.correlation_id or _request_id_of(message.body) or ""
@@ -118,24 +123,27 @@ class Replier:
             await self.refuse(message, response)
             return
         # reject, not nack: RabbitMQ 4.3 counts only rejects toward the delivery limit.
-        await _settle(message.reject(requeue=True), request_id)
+        await self._settle(message.reject(requeue=True), request_id)
 
+    async def requeue(self, message: AbstractIncomingMessage) -> None:
+        """Not now (shutdown, lost reply channel): back to the queue for another worker.
 
-async def requeue(message: AbstractIncomingMessage) -> None:
-    """Not now (shutdown, lost reply channel): back to the queue for another worker.
+        nack, not reject: RabbitMQ 4.3 counts only rejects toward the delivery limit.
+        """
+        await self._settle(message.nack(requeue=True), message.correlation_id or "")
 
-    nack, not reject: RabbitMQ 4.3 counts only rejects toward the delivery limit.
-    """
-    await _settle(message.nack(requeue=True), message.correlation_id or "")
+    def _count(self, response: RetrievalResponse) -> None:
+        code = response.error.code.value if response.error else ""
+        self._metrics.requests.labels(status=response.status, code=code).inc()
 
-
-async def _settle(action: Awaitable[None], request_id: str) -> None:
-    # A delivery tag dies with its channel: after a reconnect the ack cannot land,
-    # and the broker redelivers the request; the client drops the duplicate reply.
-    try:
-        await action
-    except SETTLE_ERRORS as exc:
-        log.warning("settle failed", request_id=request_id, error=repr(exc))
+    async def _settle(self, action: Awaitable[None], request_id: str) -> None:
+        # A delivery tag dies with its channel: after a reconnect the ack cannot land,
+        # and the broker redelivers the request; the client drops the duplicate reply.
+        self._metrics.in_flight.dec()
+        try:
+            await action
+        except SETTLE_ERRORS as exc:
+            log.warning("settle failed", request_id=request_id, error=repr(exc))
 
 
 def _request_id_of(body: bytes) -> str | None:

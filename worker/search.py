@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from schemas.messages import MemoryHit, MemoryType, RetrievalRequest
 from worker.rank import rank
 from worker.retry import with_retries
-from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
+from worker.store.base import Candidate, GroupResult, MemoryStore, SearchGroup, Vectors
 
 log = structlog.get_logger(__name__)
 
 Slot = tuple[int, MemoryType]  # (request index in batch, memory type)
+Observe = Callable[[MemoryType, float], None]  # (memory type, seconds) of one store call
 
 
 def build_groups(
@@ -33,6 +36,29 @@ def build_groups(
     return groups, list(members.values())
 
 
+async def search_by_type(
+    store: MemoryStore, groups: Sequence[SearchGroup], observe: Observe | None
+) -> list[GroupResult]:
+    """One store call per memory type, concurrently, each timed for `observe`."""
+    by_type: dict[MemoryType, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        by_type[group.memory_type].append(index)
+
+    async def one_type(memory_type: MemoryType, indexes: list[int]) -> list[GroupResult]:
+        started = time.monotonic()
+        results = await store.search([groups[i] for i in indexes])
+        if observe is not None:
+            observe(memory_type, time.monotonic() - started)
+        return results
+
+    found: list[GroupResult] = [[] for _ in groups]
+    answers = await asyncio.gather(*(one_type(t, ix) for t, ix in by_type.items()))
+    for indexes, results in zip(by_type.values(), answers, strict=True):
+        for index, result in zip(indexes, results, strict=True):
+            found[index] = result
+    return found
+
+
 async def search_and_rank(
     store: MemoryStore,
     requests: Sequence[RetrievalRequest],
@@ -41,13 +67,14 @@ async def search_and_rank(
     candidate_factor: int,
     now: float,
     deadline: float,
+    observe: Observe | None = None,
 ) -> list[dict[MemoryType, list[MemoryHit]]]:
     """Ranked hits per memory type for every request, in request order.
 
     Store errors are retried with backoff until `deadline` (monotonic), then raised.
     """
     groups, slots_of_group = build_groups(requests, vectors, candidate_factor)
-    found = await with_retries(lambda: store.search(groups), deadline=deadline)
+    found = await with_retries(lambda: search_by_type(store, groups, observe), deadline=deadline)
     candidates: list[dict[MemoryType, list[Candidate]]] = [{} for _ in requests]
     for slots, per_query in zip(slots_of_group, found, strict=True):
         for (index, memory_type), hits in zip(slots, per_query, strict=True):

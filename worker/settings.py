@@ -98,6 +98,12 @@ class WorkerSettings(BrokerSettings):
     max_message_bytes: int = Field(
         default=65_536, ge=1024, description="Larger request bodies are refused as invalid."
     )
+    metrics_port: int = Field(
+        default=9464,
+        ge=-1,
+        le=65535,
+        description="/metrics, /healthz, /readyz; 0 = any free port, -1 = off.",
+    )
     worker_id: str = Field(default_factory=_default_worker_id, description="Shown in replies.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest log level written."

@@ -89,7 +89,7 @@ def oracle(demo_records: list[dict[str, Any]]) -> Oracle:
 async def settings(amqp_url: str) -> AsyncIterator[WorkerSettings]:
     """Worker settings with a queue prefix of this test's own; its queues deleted after."""
     prefix = f"recallq-test-{uuid.uuid4().hex[:10]}"
-    settings = WorkerSettings(amqp_url=amqp_url, queue_prefix=prefix, max_batch=64)
+    settings = WorkerSettings(amqp_url=amqp_url, queue_prefix=prefix, max_batch=64, metrics_port=0)
     yield settings
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -131,7 +131,7 @@ def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableSe
 def mongo_settings(url: str, **overrides: Any) -> WorkerSettings:
     """Settings for a MongoDB store in a database of this test run's own."""
     database = f"recallq_test_{uuid.uuid4().hex[:10]}"
-    return WorkerSettings(store_url=url, mongo_database=database, **overrides)
+    return WorkerSettings(store_url=url, mongo_database=database, metrics_port=0, **overrides)
 
 
 async def seeded_mongo_store(settings: WorkerSettings, embedder: Embedder) -> MongoStore:

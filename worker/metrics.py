@@ -1,0 +1,130 @@
+"""Prometheus metrics and the health endpoints, on RECALLQ_METRICS_PORT.
+
+Each worker owns its registry (several workers can live in one test process).
+`/metrics` is the Prometheus text format, `/healthz` says the process is alive,
+`/readyz` says it is connected to the broker and the store with the model loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.batch_size = Histogram(
+            "recallq_batch_size", "Requests per batch.", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "recallq_batch_padded_tokens",
+            "Padded tokens (longest x count) per batch.",
+            buckets=(16, 64, 256, 1024, 4096, 16384, 65536),
+            registry=r,
+        )
+        self.embed_seconds = Histogram(
+            "recallq_embed_seconds", "Model time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.search_seconds = Histogram(
+            "recallq_search_seconds",
+            "Store time per batch and memory type.",
+            ["memory_type", "store_mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "recallq_request_seconds",
+            "From delivery to reply, per request.",
+            ["lane", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "recallq_queue_wait_seconds",
+            "From delivery to dispatch in a batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "recallq_requests", "Requests answered, by status and error code.",
+            ["status", "code"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "recallq_in_flight", "Requests delivered and not yet settled.", registry=r
+        )
+        self.redeliveries = Counter("recallq_redeliveries", "Requests delivered again.", registry=r)
+        self.returned_replies = Counter(
+            "recallq_returned_replies", "Replies the broker could not route.", registry=r
+        )
+        self._cache_stats: Callable[[], tuple[int, int]] | None = None
+        r.register(_CacheCollector(self))
+
+    def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
+        """`stats()` gives (lookups, hits) of the embedding cache."""
+        self._cache_stats = stats
+
+    def cache_figures(self) -> tuple[int, int]:
+        return self._cache_stats() if self._cache_stats else (0, 0)
+
+
+class _CacheCollector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        lookups, hits = self._metrics.cache_figures()
+        yield GaugeMetricFamily(
+            "recallq_embed_cache_hit_ratio",
+            "Share of query texts served from the embedding cache.",
+            value=hits / lookups if lookups else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "recallq_embed_cache_lookups", "Query texts looked up in the cache.", value=lookups
+        )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class HealthServer:
+    """/metrics, /healthz and /readyz on a daemon thread."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int) -> None:
+        metrics_app = make_wsgi_app(metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"alive\n"]
+            if path == "/readyz":
+                ok = ready()
+                start_response("200 OK" if ok else "503 Service Unavailable", [])
+                return [b"ready\n" if ok else b"not ready\n"]
+            result: list[bytes] = metrics_app(environ, start_response)
+            return result
+
+        self._server: WSGIServer = make_server("0.0.0.0", port, app, handler_class=_QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="recallq-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
