@@ -138,7 +138,12 @@ class RetrievalClient:
             self._connection = None
 
     async def submit(
-        self, query: Query, *, request_id: str | None = None, timeout: float | None = None
+        self,
+        query: Query,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> asyncio.Future[RetrievalResponse]:
         """Publish one request (awaiting the broker's confirm); the future gets its reply."""
         if self._channel is None:
@@ -161,7 +166,8 @@ class RetrievalClient:
             content_type=CONTENT_TYPE,
             correlation_id=request.request_id,
             reply_to=self.reply_queue_name,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION},
+            headers={SCHEMA_HEADER: SCHEMA_VERSION}
+            | ({"traceparent": traceparent} if traceparent else {}),
             delivery_mode=DeliveryMode.PERSISTENT,
         )
         try:

@@ -15,6 +15,7 @@ that dies mid-batch leaves its requests to be redelivered to another.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable
 
 import aiormq
@@ -38,6 +39,22 @@ log = structlog.get_logger(__name__)
 SETTLE_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
 
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
+
+
+def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
+    """W3C trace context to carry from request to reply; anything malformed is dropped."""
+    headers = message.headers or {}
+    parent, state = headers.get("traceparent"), headers.get("tracestate")
+    if not (isinstance(parent, str) and TRACEPARENT.match(parent)):
+        return {}
+    carried = {"traceparent": parent}
+    if isinstance(state, str) and TRACESTATE.match(state):
+        carried["tracestate"] = state
+    return carried
+
+
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)
@@ -55,7 +72,12 @@ class Replier:
         self.returned = 0
 
     async def publish(
-        self, reply_to: str, response: RetrievalResponse, *, persistent: bool = False
+        self,
+        reply_to: str,
+        response: RetrievalResponse,
+        *,
+        persistent: bool = False,
+        trace: dict[str, str] | None = None,
     ) -> None:
         """Publish and await the broker's confirm; a reply nobody can receive is logged."""
         response.worker_id = self._worker_id
@@ -63,7 +85,7 @@ class Replier:
             response.model_dump_json().encode(),
             content_type=CONTENT_TYPE,
             correlation_id=response.request_id,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION},
+            headers={SCHEMA_HEADER: SCHEMA_VERSION, **(trace or {})},
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )
         try:
@@ -83,7 +105,12 @@ class Replier:
     ) -> None:
         """Reply, then ack: the request is done (answered `ok` or with a final error)."""
         try:
-            await self.publish(message.reply_to or "", response, persistent=persistent)
+            await self.publish(
+                message.reply_to or "",
+                response,
+                persistent=persistent,
+                trace=trace_headers(message),
+            )
         except SETTLE_ERRORS as exc:
             log.warning("reply failed; requeueing", request_id=response.request_id, error=repr(exc))
             await self.requeue(message)
@@ -101,7 +128,7 @@ class Replier:
         )
         if message.reply_to:
             try:
-                await self.publish(message.reply_to, response)
+                await self.publish(message.reply_to, response, trace=trace_headers(message))
             except SETTLE_ERRORS as exc:
                 log.warning("refusal reply failed", request_id=response.request_id, error=repr(exc))
         self._count(response)

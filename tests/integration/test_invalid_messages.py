@@ -105,3 +105,39 @@ async def test_a_request_past_its_deadline_is_answered_expired_without_work(
         assert reply.status == "error" and reply.error is not None
         assert reply.error.code == ErrorCode.EXPIRED
         assert worker.stats.requests == 0
+
+
+async def test_trace_context_travels_from_request_to_reply(
+    settings: WorkerSettings, embedder: Embedder, demo_store: SQLiteStore
+) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    request = {
+        "request_id": "traced",
+        "query": "knee pain",
+        "memory_id": "health-coach:sam",
+        "limits": {"long_term_memory": 1},
+    }
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection, running_worker(settings, embedder, demo_store):
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        for request_id, headers in (
+            ("traced", {"traceparent": parent, "tracestate": "vendor=1"}),
+            ("junk", {"traceparent": "not-a-trace; DROP TABLE", "tracestate": "x"}),
+        ):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    json.dumps({**request, "request_id": request_id}).encode(),
+                    correlation_id=request_id,
+                    reply_to=replies.name,
+                    headers=headers,
+                ),
+                routing_key=settings.topology.requests.name,
+            )
+        got = {}
+        for _ in range(2):
+            reply = await next_message(replies)
+            got[reply.correlation_id] = reply.headers or {}
+    assert got["traced"]["traceparent"] == parent
+    assert got["traced"]["tracestate"] == "vendor=1"
+    assert "traceparent" not in got["junk"] and "tracestate" not in got["junk"]
