@@ -1,0 +1,85 @@
+"""The deployment files: docker-compose.yml, the Prometheus config and the Dockerfile.
+
+Where Docker's compose plugin is installed, `docker compose config` validates the file;
+everywhere, the structure a deployment depends on is checked here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_has_every_service_and_two_worker_replicas() -> None:
+    services = compose()["services"]
+    assert set(services) == {"rabbitmq", "mongodb", "init", "worker", "worker-gpu", "prometheus"}
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert services["init"]["command"] == ["worker", "init"]
+    assert services["mongodb"]["image"].startswith("mongodb/mongodb-atlas-local")
+    assert services["mongodb"]["healthcheck"]["test"] == ["CMD", "runner", "healthcheck"]
+    assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
+
+
+def test_workers_reach_atlas_local_directly_and_secrets_come_from_the_environment() -> None:
+    env = compose()["services"]["worker"]["environment"]
+    assert "directConnection=true" in env["RECALLQ_STORE_URL"]
+    for url in (env["RECALLQ_STORE_URL"], env["RECALLQ_AMQP_URL"]):
+        assert re.search(r"\$\{[A-Z_]+PASSWORD", url), f"password not from the environment: {url}"
+    assert set(env) <= {f"RECALLQ_{name.upper()}" for name in WorkerSettings.model_fields}
+
+
+def test_the_gpu_profile_reserves_an_nvidia_device() -> None:
+    gpu = compose()["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"]
+
+
+def test_prometheus_scrapes_the_port_workers_serve() -> None:
+    port = WorkerSettings.model_fields["metrics_port"].default
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["dns_sd_configs"][0]["port"] == port
+    assert "worker" in job["dns_sd_configs"][0]["names"]
+    assert f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_image_runs_as_a_non_root_user_with_the_model_baked_in() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
+    assert "HF_HUB_OFFLINE=1" in dockerfile
+    assert "torch==${TORCH_VERSION}" in dockerfile and "ARG TORCH_INDEX" in dockerfile
+
+
+def test_docker_compose_config_validates() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI here")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("docker CLI without the compose plugin: `docker compose config` unavailable")
+    checked = subprocess.run(
+        [docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert checked.returncode == 0, checked.stderr
