@@ -92,3 +92,8 @@ class Topology:
         requests = await self.requests.declare(channel)
         bulk = await self.bulk.declare(channel)
         return {"dead": dead, "requests": requests, "bulk": bulk}
+
+    async def delete_shared(self, channel: AbstractChannel) -> None:
+        """Delete the request lanes and the dead-letter queue (tests, demos, teardown)."""
+        for spec in (self.requests, self.bulk, self.dead):
+            await channel.queue_delete(spec.name)

@@ -61,10 +61,7 @@ def main() -> int:
 async def delete_demo_queues(settings: BrokerSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
-        channel = await connection.channel()
-        topology = settings.topology
-        for name in (topology.requests.name, topology.bulk.name, topology.dead.name):
-            await channel.queue_delete(name)
+        await settings.topology.delete_shared(await connection.channel())
 
 
 async def wait_for_worker(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:

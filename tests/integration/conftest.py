@@ -93,10 +93,7 @@ async def settings(amqp_url: str) -> AsyncIterator[WorkerSettings]:
     yield settings
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        channel = await connection.channel()
-        topology = settings.topology
-        for name in (topology.requests.name, topology.bulk.name, topology.dead.name):
-            await channel.queue_delete(name)
+        await settings.topology.delete_shared(await connection.channel())
 
 
 @asynccontextmanager
