@@ -38,6 +38,7 @@ def main() -> int:
         "RECALLQ_STORE_URL": f"sqlite:///{db}",
         "RECALLQ_QUEUE_PREFIX": os.environ.get("RECALLQ_QUEUE_PREFIX", "recallq-demo"),
         "RECALLQ_LOG_FORMAT": "json",
+        "RECALLQ_METRICS_PORT": os.environ.get("RECALLQ_METRICS_PORT", "0"),
     }
     print(f"== 1. ingest {MEMORIES.relative_to(ROOT)} into {db.relative_to(ROOT)}", flush=True)
     subprocess.run([sys.executable, "-m", "worker", "ingest", str(MEMORIES)], env=env, check=True)

@@ -23,7 +23,7 @@ from schemas.messages import ErrorCode, MemoryType, RetrievalResponse, Timings
 from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
-from worker.errors import RecallqError
+from worker.errors import ConfigError, RecallqError
 from worker.metrics import HealthServer, Metrics
 from worker.reply import Replier
 from worker.retry import batch_deadline
@@ -108,7 +108,13 @@ class Worker:
         def ready() -> bool:
             return self.ready.is_set() and connection.connected.is_set()
 
-        self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)
+        try:
+            self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on port {self.settings.metrics_port} ({exc.strerror}): "
+                "set RECALLQ_METRICS_PORT to a free port, 0 for any, -1 for none"
+            ) from None
         self.health.start()
         log.info("metrics and health", port=self.health.port)
 
