@@ -9,7 +9,6 @@ import platform
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from typing import Any
 import aio_pika
 import numpy as np
 
+from producer.workers import wait_for_workers
 from schemas.settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,28 +104,12 @@ async def worker_process(
         )
         settings = BrokerSettings(queue_prefix=prefix)
         try:
-            await wait_for_consumer(settings, worker)
+            await wait_for_workers(settings, alive=lambda: worker.returncode is None)
             yield settings
         finally:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), timeout=60)
             await delete_queues(settings)
-
-
-async def wait_for_consumer(settings: BrokerSettings, worker: asyncio.subprocess.Process) -> None:
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await settings.topology.declare_shared(channel)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if worker.returncode is not None:
-                raise RuntimeError(f"worker exited with {worker.returncode}")
-            queue = await channel.declare_queue(settings.topology.requests.name, passive=True)
-            if queue.declaration_result.consumer_count:
-                return
-            await asyncio.sleep(0.2)
-    raise RuntimeError("worker did not start consuming within 180 s")
 
 
 async def delete_queues(settings: BrokerSettings) -> None:

@@ -6,11 +6,9 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
-import aio_pika
-
+from producer.workers import count_workers, wait_for_workers
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +22,7 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        consumers_before = await self._consumers()
+        consumers_before = await count_workers(self.settings)
         env = {
             **os.environ,
             "RECALLQ_AMQP_URL": self.settings.amqp_url,
@@ -38,7 +36,14 @@ class WorkerProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker", "run", env=env, cwd=ROOT, stderr=log
             )
-        await self._wait_until_consuming(consumers_before + 1)
+        assert self.process is not None
+        process = self.process
+        await wait_for_workers(
+            self.settings,
+            consumers_before + 1,
+            timeout=120,
+            alive=lambda: process.returncode is None,
+        )
 
     async def signal(self, sig: signal.Signals) -> int:
         assert self.process is not None
@@ -51,20 +56,3 @@ class WorkerProcess:
 
     def log_lines(self, event: str) -> int:
         return sum(f'"event": "{event}"' in line for line in self.log.read_text().splitlines())
-
-    async def _consumers(self) -> int:
-        connection = await aio_pika.connect(self.settings.amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            await self.settings.topology.declare_shared(channel)
-            queue = await channel.declare_queue(self.settings.topology.requests.name, passive=True)
-            return queue.declaration_result.consumer_count or 0
-
-    async def _wait_until_consuming(self, consumers: int) -> None:
-        """Bounded wait: model loading takes seconds; a dead process fails at once."""
-        assert self.process is not None
-        deadline = time.monotonic() + 120
-        while await self._consumers() < consumers:
-            assert self.process.returncode is None, self.log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "worker did not start consuming within 120 s"
-            await asyncio.sleep(0.1)

@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import delete_queues, wait_for_consumer
+from benchmarks.common import delete_queues
 from benchmarks.load import Call
 from producer.client import RetrievalClient
+from producer.workers import wait_for_workers
 from schemas.settings import BrokerSettings
 
 LIMITS = {"conversation_memory": 5, "long_term_memory": 5, "procedural_memory": 5}
@@ -125,7 +126,7 @@ async def amqp_worker(name: str, command: list[str], db: Path) -> AsyncIterator[
         *command, env=environment(db, prefix), stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        await wait_for_consumer(settings, process)
+        await wait_for_workers(settings, alive=lambda: process.returncode is None)
         async with RetrievalClient(settings, timeout=300) as client:
 
             async def call(query: str, memory_id: str) -> None:

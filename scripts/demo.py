@@ -20,6 +20,7 @@ import aio_pika
 from producer.bulk import BulkJob
 from producer.cli import DEFAULT_LIMITS, render, render_summary
 from producer.client import Query, RetrievalClient
+from producer.workers import NoWorkers, wait_for_workers
 from schemas.settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,36 +50,24 @@ def main() -> int:
     print(f"== 2. start a worker (logs: {log_path.relative_to(ROOT)})", flush=True)
     with log_path.open("w") as log:
         worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stderr=log)
+        answered = False
         try:
             asyncio.run(ask_questions(settings, worker))
+            answered = True
+        except NoWorkers as exc:
+            print(f"demo failed: {exc} ({log_path.relative_to(ROOT)})", file=sys.stderr)
         finally:
             print("== 6. stop the worker with SIGTERM", flush=True)
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=60)
             print(f"worker exited with code {code}")
-    return 0 if code == 0 else 1
+    return 0 if answered and code == 0 else 1
 
 
 async def delete_demo_queues(settings: BrokerSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         await settings.topology.delete_shared(await connection.channel())
-
-
-async def wait_for_worker(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:
-    """Bounded wait until a worker consumes the request queue (model loading takes seconds)."""
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with code {worker.returncode}; see its log")
-            queue = await channel.declare_queue(settings.topology.requests.name, passive=True)
-            if queue.declaration_result.consumer_count:
-                return
-            await asyncio.sleep(0.2)
-        raise SystemExit("the worker did not start consuming within 180 s")
 
 
 def write_bulk_input(questions: list[dict[str, str]], count: int) -> Path:
@@ -108,7 +97,7 @@ async def run_bulk_job(settings: BrokerSettings, questions: list[dict[str, str]]
 async def ask_questions(settings: BrokerSettings, worker: subprocess.Popen[bytes]) -> None:
     questions = json.loads(QUESTIONS.read_text())
     async with RetrievalClient(settings, timeout=60) as client:
-        await wait_for_worker(settings, worker)
+        await wait_for_workers(settings, alive=lambda: worker.poll() is None)
         print("== 3. ask the demo questions one at a time\n", flush=True)
         for item in questions:
             started = time.perf_counter()
