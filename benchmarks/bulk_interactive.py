@@ -80,7 +80,7 @@ async def measure(bulk_requests: int, interactive_calls: int) -> dict[str, Any]:
 def main(quick: bool = False) -> None:
     bulk, calls = (1000, 30) if quick else (5000, 100)
     results = asyncio.run(measure(bulk, calls))
-    path = write_results("bulk-interactive", results)
+    path = write_results("bulk-interactive-quick" if quick else "bulk-interactive", results)
     print(f"bulk job: {bulk} requests at {results['bulk_requests_per_s']} requests/s")
     for label, key in (
         ("at idle", "interactive_idle_ms"),

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEMO_MEMORIES, DEMO_QUESTIONS, delete_queues
+from benchmarks.common import DEMO_QUESTIONS, delete_queues, ingest_demo
 from benchmarks.processes import WorkerProcess
 from producer.client import Query, RetrievalClient, RetrievalError
 from worker.settings import WorkerSettings
@@ -114,13 +112,8 @@ async def run_chaos(
 ) -> ChaosReport:
     prefix = f"recallq-chaos-{uuid.uuid4().hex[:6]}"
     settings = WorkerSettings(queue_prefix=prefix, store_url=f"sqlite:///{workdir / 'chaos.db'}")
-    ingest = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "ingest", str(DEMO_MEMORIES),
-        env={**os.environ, "RECALLQ_STORE_URL": settings.store_url},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert await ingest.wait() == 0, "ingest failed"
     db = workdir / "chaos.db"
+    await ingest_demo(db)
     workers = [WorkerProcess(settings, db, workdir / f"worker{i}.log") for i in range(2)]
     for worker in workers:
         await worker.start()

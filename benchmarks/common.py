@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,8 +18,9 @@ from typing import Any
 import aio_pika
 import numpy as np
 
-from producer.workers import wait_for_workers
+from benchmarks.processes import WorkerProcess
 from schemas.settings import BrokerSettings
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,45 +71,30 @@ def write_results(name: str, results: dict[str, Any], directory: Path = RESULTS)
     return path
 
 
-@asynccontextmanager
-async def worker_process(
-    workdir: Path, *, extra_env: dict[str, str] | None = None
-) -> AsyncIterator[BrokerSettings]:
-    """A seeded SQLite store and a `python -m worker run` process on its own queue prefix."""
-    prefix = f"recallq-bench-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "RECALLQ_STORE_URL": f"sqlite:///{workdir / 'bench.db'}",
-        "RECALLQ_QUEUE_PREFIX": prefix,
-        "RECALLQ_LOG_FORMAT": "json",
-        "RECALLQ_LOG_LEVEL": "warning",
-        "RECALLQ_METRICS_PORT": "0",
-        **(extra_env or {}),
-    }
+async def ingest_demo(db: Path) -> None:
+    """The demo memories into a fresh SQLite file, through `python -m worker ingest`."""
     ingest = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "ingest",
-        str(DEMO_MEMORIES),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        sys.executable, "-m", "worker", "ingest", str(DEMO_MEMORIES),
+        env={**os.environ, "RECALLQ_STORE_URL": f"sqlite:///{db}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     if await ingest.wait() != 0:
         raise RuntimeError("ingesting the demo memories failed")
-    with (workdir / "worker.log").open("w") as log:
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "run", env=env, stderr=log
-        )
-        settings = BrokerSettings(queue_prefix=prefix)
-        try:
-            await wait_for_workers(settings, alive=lambda: worker.returncode is None)
-            yield settings
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(worker.wait(), timeout=60)
-            await delete_queues(settings)
+
+
+@asynccontextmanager
+async def worker_process(workdir: Path) -> AsyncIterator[BrokerSettings]:
+    """A seeded SQLite store and a `python -m worker run` process on its own queue prefix."""
+    db = workdir / "bench.db"
+    await ingest_demo(db)
+    settings = WorkerSettings(queue_prefix=f"recallq-bench-{uuid.uuid4().hex[:8]}")
+    worker = WorkerProcess(settings, db, workdir / "worker.log")
+    await worker.start()
+    try:
+        yield settings
+    finally:
+        await worker.stop()
+        await delete_queues(settings)
 
 
 async def delete_queues(settings: BrokerSettings) -> None:

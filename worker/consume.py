@@ -32,6 +32,7 @@ class Delivery:
     message: AbstractIncomingMessage
     lane: Lane
     received: float  # time.monotonic() at arrival
+    tokens: int  # the embedder's estimate, for the batcher's padded-cost cap
     dispatched: float = 0.0
 
 
@@ -118,7 +119,8 @@ class Consumer:
             except InvalidMessage as exc:
                 await self._on_invalid(message, str(exc))
                 return
-            delivery = Delivery(request, message, lane, time.monotonic())
-            self._batcher.put(delivery, lane, self._count_tokens(request.query))
+            tokens = self._count_tokens(request.query)
+            delivery = Delivery(request, message, lane, time.monotonic(), tokens)
+            self._batcher.put(delivery, lane, tokens)
 
         return on_message

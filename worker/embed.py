@@ -132,8 +132,9 @@ class Embedder:
     def _encode(self, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        found = self._from_cache(dict.fromkeys(texts))
-        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        unique = dict.fromkeys(texts)
+        found = self._from_cache(unique)
+        missing = [text for text in unique if text not in found]
         if missing:
             for text, vector in zip(missing, self._encode_unique(missing), strict=True):
                 found[text] = vector

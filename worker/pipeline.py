@@ -80,6 +80,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+        # Read once: the store chose its mode when it connected, before serving.
+        self._store_mode = str(self.store.describe().get("mode", ""))
         connection = await aio_pika.connect_robust(
             self.settings.amqp_url,
             client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
@@ -179,9 +181,8 @@ class Worker:
         self._spawn(self._search_and_reply(batch_id, live, vectors, embed_ms))
 
     def _observe_batch(self, batch: list[Delivery]) -> None:
-        tokens = [self.embedder.count_tokens(d.request.query) for d in batch]
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_tokens.observe(max(tokens) * len(tokens))
+        self.metrics.batch_tokens.observe(max(d.tokens for d in batch) * len(batch))
         for delivery in batch:
             self.metrics.queue_wait_seconds.observe(delivery.dispatched - delivery.received)
 
@@ -249,10 +250,8 @@ class Worker:
         )
 
     def _observe_search(self, memory_type: MemoryType, seconds: float) -> None:
-        mode = str(self.store.describe().get("mode", ""))
-        self.metrics.search_seconds.labels(memory_type=memory_type.value, store_mode=mode).observe(
-            seconds
-        )
+        labels = {"memory_type": memory_type.value, "store_mode": self._store_mode}
+        self.metrics.search_seconds.labels(**labels).observe(seconds)
 
     async def _isolate_or_give_up(self, batch: list[Delivery], retry_one: RetryOne) -> None:
         """A batch failed: retry each request alone; a lone request that fails has crashed."""

@@ -69,7 +69,6 @@ class Replier:
         self._channel = channel
         self._worker_id = worker_id
         self._metrics = metrics
-        self.returned = 0
 
     async def publish(
         self,
@@ -92,7 +91,6 @@ class Replier:
             await self._channel.default_exchange.publish(message, reply_to, mandatory=True)
         except PublishError:
             # The requester and its reply queue are gone; retrying cannot help.
-            self.returned += 1
             self._metrics.returned_replies.inc()
             log.warning("reply returned", request_id=response.request_id, reply_to=reply_to)
 

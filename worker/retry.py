@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -41,7 +42,7 @@ async def with_retries(
 ) -> T:
     """`call()` until it succeeds; StoreUnavailable once the deadline leaves no room."""
     delay = first_delay
-    for attempt in range(1, 1_000_000):
+    for attempt in itertools.count(1):
         remaining = deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
@@ -54,4 +55,4 @@ async def with_retries(
             log.warning("store error, retrying", attempt=attempt, error=str(exc), delay_s=delay)
         await asyncio.sleep(delay)
         delay = min(2 * delay, max_delay)
-    raise AssertionError("unreachable")
+    raise AssertionError("itertools.count never ends")
