@@ -23,6 +23,13 @@ SCHEMA_VERSION = 1
 SCHEMA_HEADER = "x-recallq-schema"
 CONTENT_TYPE = "application/json"
 
+# AMQP short strings (correlation_id, reply_to) hold at most 255 bytes of UTF-8, and
+# the reply carries request_id as its correlation_id.
+MAX_SHORT_STRING_BYTES = 255
+# 9999-12-31T23:59:59.999Z: a later deadline is no deadline, and a larger integer
+# overflows the float arithmetic of the deadline checks.
+MAX_DEADLINE_MS = 253_402_300_799_999
+
 
 class MemoryType(StrEnum):
     """The memory collections, named as memorizz names them."""
@@ -71,12 +78,36 @@ class RetrievalRequest(BaseModel):
     memory_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     limits: Annotated[dict[MemoryType, Limit], Field(min_length=1, max_length=8)]
     deadline_ms: StrictInt | None = Field(
-        default=None, ge=0, description="Absolute epoch milliseconds; past it the reply is expired."
+        default=None,
+        ge=0,
+        le=MAX_DEADLINE_MS,
+        description="Absolute epoch milliseconds; past it the reply is expired.",
     )
     min_score: Annotated[float, Field(ge=-1.0, le=1.0, strict=False)] | None = Field(
         default=None, description="Drop hits whose cosine similarity is below this."
     )
     weights: RankWeights | None = None
+
+    @field_validator("request_id", "query", "memory_id")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        # JSON can carry lone surrogates (\ud800) that no UTF-8 encoder, driver or
+        # tokenizer accepts: refuse them here rather than crash a stage later.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (no lone surrogates)") from None
+        return value
+
+    @field_validator("request_id")
+    @classmethod
+    def _fits_correlation_id(cls, value: str) -> str:
+        if len(value.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
+            raise ValueError(
+                f"request_id must be at most {MAX_SHORT_STRING_BYTES} bytes of UTF-8 "
+                "(it travels as the reply's correlation_id)"
+            )
+        return value
 
     @field_validator("query")
     @classmethod
@@ -119,6 +150,8 @@ class ErrorInfo(BaseModel):
 class Timings(BaseModel):
     """Milliseconds spent in each stage on the worker."""
 
+    model_config = ConfigDict(frozen=True)
+
     queue_ms: float = 0.0
     embed_ms: float = 0.0
     search_ms: float = 0.0
@@ -126,6 +159,10 @@ class Timings(BaseModel):
 
 
 class RetrievalResponse(BaseModel):
+    """Built once by the worker, with its timings, and never changed afterwards."""
+
+    model_config = ConfigDict(frozen=True)
+
     request_id: str
     status: Literal["ok", "error"]
     results: dict[MemoryType, list[MemoryHit]] = Field(default_factory=dict)
@@ -136,10 +173,16 @@ class RetrievalResponse(BaseModel):
 
     @classmethod
     def failure(
-        cls, request_id: str, code: ErrorCode, message: str, *, retryable: bool = False
+        cls,
+        request_id: str,
+        code: ErrorCode,
+        message: str,
+        *,
+        retryable: bool = False,
+        worker_id: str = "",
     ) -> RetrievalResponse:
         error = ErrorInfo(code=code, message=message, retryable=retryable)
-        return cls(request_id=request_id, status="error", error=error)
+        return cls(request_id=request_id, status="error", error=error, worker_id=worker_id)
 
 
 def describe_validation_error(exc: ValidationError, most: int = 5) -> str:

@@ -1,4 +1,4 @@
-"""`python -m worker run | init | ingest FILE.jsonl`."""
+"""`python -m worker run [--burst] | init | ingest FILE.jsonl`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from worker.embed import Embedder
 from worker.errors import RecallqError
 from worker.ingest import ingest_file
 from worker.logs import configure_logging
-from worker.pipeline import Worker
+from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore, open_store
 
@@ -26,7 +26,12 @@ log = structlog.get_logger(__name__)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="serve retrieval requests until SIGTERM")
+    run = commands.add_parser("run", help="serve retrieval requests until SIGTERM")
+    run.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit 0 once both request queues are empty and nothing is in flight",
+    )
     commands.add_parser("init", help="create the store's indexes and wait until they serve")
     ingest = commands.add_parser("ingest", help="embed and store memories from a JSONL file")
     ingest.add_argument("file", type=Path)
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "run":
-            asyncio.run(_run(settings))
+            asyncio.run(_run(settings, burst=args.burst))
         elif args.command == "init":
             asyncio.run(_init(settings))
         else:
@@ -70,11 +75,11 @@ async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, Mem
         embedder.close()
 
 
-async def _run(settings: WorkerSettings) -> None:
+async def _run(settings: WorkerSettings, *, burst: bool) -> None:
     async with _opened(settings) as (embedder, store):
         await store.connect()
         log.info("store ready", **store.describe())
-        await Worker(settings, embedder, store).run(handle_signals=True)
+        await Worker(settings, embedder, store).run(handle_signals=True, burst=burst)
 
 
 async def _init(settings: WorkerSettings) -> None:

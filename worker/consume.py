@@ -1,7 +1,8 @@
 """Consume both request lanes, decode and validate, and hand requests to the batcher.
 
-Invalid deliveries never reach the batcher: they go straight to the settle
-policy (an `invalid_request` reply, then dead-lettering).
+Invalid deliveries never reach the batcher: the consumer turns them into a
+`Refused` outcome (an `invalid_request` reply, then dead-lettering) for the
+settle function. Whatever raises here, the delivery is still settled.
 """
 
 from __future__ import annotations
@@ -14,26 +15,40 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, RetrievalRequest
+from schemas.messages import (
+    CONTENT_TYPE,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION,
+    ErrorCode,
+    RetrievalRequest,
+    RetrievalResponse,
+)
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
 from worker.errors import InvalidMessage, describe_validation_error
 from worker.metrics import Metrics
-from worker.reply import delivery_count
+from worker.outcomes import Crashed, Outcome, Refused
+from worker.reply import Envelope, delivery_count, safe_request_id
+from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
-    """A valid request and the message it came in, until the message is settled."""
+    """A valid request and the envelope it came in, until the envelope is settled."""
 
     request: RetrievalRequest
-    message: AbstractIncomingMessage
-    lane: Lane
-    received: float  # time.monotonic() at arrival
+    envelope: Envelope
     tokens: int  # the embedder's estimate, for the batcher's padded-cost cap
-    dispatched: float = 0.0
+
+    @property
+    def received(self) -> float:
+        return self.envelope.received
+
+    @property
+    def lane(self) -> Lane:
+        return self.envelope.lane
 
 
 def decode(message: AbstractIncomingMessage, max_bytes: int) -> RetrievalRequest:
@@ -43,8 +58,10 @@ def decode(message: AbstractIncomingMessage, max_bytes: int) -> RetrievalRequest
     if message.content_type not in (None, "", CONTENT_TYPE):
         raise InvalidMessage(f"content_type must be {CONTENT_TYPE}, got {message.content_type!r}")
     version = (message.headers or {}).get(SCHEMA_HEADER, SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unsupported {SCHEMA_HEADER} {version!r}; this worker speaks 1")
+    if type(version) is not int or version != SCHEMA_VERSION:  # True == 1, but is no version
+        raise InvalidMessage(
+            f"unsupported {SCHEMA_HEADER} {repr(version)[:40]}; this worker speaks 1"
+        )
     if not message.reply_to:
         raise InvalidMessage("reply_to is missing: there is nowhere to send the result")
     try:
@@ -55,9 +72,11 @@ def decode(message: AbstractIncomingMessage, max_bytes: int) -> RetrievalRequest
         return RetrievalRequest.model_validate_json(text)
     except ValidationError as exc:
         raise InvalidMessage(describe_validation_error(exc)) from None
+    except Exception as exc:  # a parser limit (nesting, size) is a problem of the body too
+        raise InvalidMessage(f"body cannot be parsed: {type(exc).__name__}") from None
 
 
-InvalidHandler = Callable[[AbstractIncomingMessage, str], Awaitable[None]]
+Settle = Callable[[Envelope, Outcome], Awaitable[None]]
 
 
 class Consumer:
@@ -73,18 +92,22 @@ class Consumer:
         topology: Topology,
         batcher: Batcher[Delivery],
         count_tokens: Callable[[str], int],
-        on_invalid: InvalidHandler,
+        settle: Settle,
+        ledger: Unsettled,
         max_message_bytes: int,
+        worker_id: str,
         metrics: Metrics,
     ) -> None:
         self._metrics = metrics
         self._channels = channels
         self._max_bytes = max_message_bytes
+        self._worker_id = worker_id
         self.redeliveries = 0
         self._topology = topology
         self._batcher = batcher
         self._count_tokens = count_tokens
-        self._on_invalid = on_invalid
+        self._settle = settle
+        self._ledger = ledger
         self._queues: dict[Lane, AbstractQueue] = {}  # strong refs: robust reconnects need them
         self._tags: dict[Lane, str] = {}
 
@@ -102,25 +125,58 @@ class Consumer:
             await self._queues[lane].cancel(tag)
             del self._tags[lane]
 
+    async def ready_messages(self) -> int:
+        """Messages waiting in both request queues, not yet delivered to any consumer."""
+        total = 0
+        for lane, queue in self._queues.items():
+            channel = await self._channels[lane].get_underlay_channel()
+            declared = await channel.queue_declare(queue.name, passive=True)
+            total += declared.message_count or 0
+        return total
+
     def _callback(self, lane: Lane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
-            self._metrics.in_flight.inc()  # until the settle policy acks, rejects or nacks it
-            if message.redelivered:
-                self._metrics.redeliveries.inc()
-                # Another worker died (or shut down) holding it, or processing crashed.
-                self.redeliveries += 1
-                log.info(
-                    "redelivered request",
-                    request_id=message.correlation_id,
-                    earlier_deliveries=delivery_count(message),
-                )
-            try:
-                request = decode(message, self._max_bytes)
-            except InvalidMessage as exc:
-                await self._on_invalid(message, str(exc))
-                return
-            tokens = self._count_tokens(request.query)
-            delivery = Delivery(request, message, lane, time.monotonic(), tokens)
-            self._batcher.put(delivery, lane, tokens)
+            await self.receive(message, lane)
 
         return on_message
+
+    async def receive(self, message: AbstractIncomingMessage, lane: Lane) -> None:
+        """Open the delivery, then batch its request or settle it as refused (or crashed)."""
+        received = time.monotonic()
+        self._ledger.opened(message, message.correlation_id or "")
+        if message.redelivered:
+            self._note_redelivery(message)
+        try:
+            self._accept(message, lane, received)
+        except InvalidMessage as exc:
+            envelope = self._envelope(message, lane, received)
+            await self._settle(envelope, self._refusal(envelope, exc))
+        except Exception as exc:
+            log.exception("consuming a delivery crashed", request_id=message.correlation_id)
+            await self._settle(self._envelope(message, lane, received), Crashed(repr(exc)))
+
+    def _accept(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> None:
+        request = decode(message, self._max_bytes)
+        envelope = Envelope(message, lane, received, request.request_id)
+        tokens = self._count_tokens(request.query)
+        self._batcher.put(Delivery(request, envelope, tokens), lane, tokens)
+
+    def _envelope(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> Envelope:
+        return Envelope(message, lane, received, safe_request_id(message))
+
+    def _refusal(self, envelope: Envelope, exc: InvalidMessage) -> Refused:
+        return Refused(
+            RetrievalResponse.failure(
+                envelope.request_id, ErrorCode.INVALID_REQUEST, str(exc), worker_id=self._worker_id
+            )
+        )
+
+    def _note_redelivery(self, message: AbstractIncomingMessage) -> None:
+        # Another worker died (or shut down) holding it, or processing crashed.
+        self._metrics.redeliveries.inc()
+        self.redeliveries += 1
+        log.info(
+            "redelivered request",
+            request_id=message.correlation_id,
+            earlier_deliveries=delivery_count(message),
+        )

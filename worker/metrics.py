@@ -62,6 +62,11 @@ class Metrics:
         self.in_flight = Gauge(
             "recallq_in_flight", "Requests delivered and not yet settled.", registry=r
         )
+        self.unsettled_too_long = Counter(
+            "recallq_unsettled_too_long",
+            "Deliveries still unsettled after RECALLQ_UNSETTLED_LIMIT_S (a stuck stage).",
+            registry=r,
+        )
         self.redeliveries = Counter("recallq_redeliveries", "Requests delivered again.", registry=r)
         self.returned_replies = Counter(
             "recallq_returned_replies", "Replies the broker could not route.", registry=r

@@ -1,295 +1,221 @@
-"""The worker: consume -> batch -> drop expired -> embed -> search + rank -> reply.
+"""The pipeline: one batch in, one outcome per request out, in order.
 
-The dispatch loop embeds one batch at a time and hands each embedded batch to
-its own task for search and reply, so batch N+1 embeds while batch N searches.
-A batch that crashes is split and retried request by request, so one poison
-request cannot take its batch-mates down with it.
+    drop expired -> embed -> search and rank -> build responses
+
+`process` needs no broker: it takes requests with their arrival times and
+returns what became of each (`worker.outcomes`); `worker.reply.Settler` sends
+the replies and settles the messages. `process_isolated` wraps it so that one
+poison request cannot take its batch-mates down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-import aio_pika
+import numpy as np
 import structlog
-from aio_pika.abc import AbstractChannel
 
-from schemas.messages import ErrorCode, MemoryType, RetrievalResponse, Timings
-from worker.batch import Batcher, BatchLimits, Lane
-from worker.consume import Consumer, Delivery
-from worker.embed import Embedder
-from worker.errors import ConfigError, RecallqError
-from worker.metrics import HealthServer, Metrics
-from worker.reply import Replier
-from worker.retry import batch_deadline
+from schemas.messages import (
+    ErrorCode,
+    ErrorInfo,
+    MemoryHit,
+    MemoryType,
+    RetrievalRequest,
+    RetrievalResponse,
+    Timings,
+)
+from worker.errors import RecallqError, StoreUnavailable
+from worker.metrics import Metrics
+from worker.outcomes import Answered, Crashed, Outcome, Refused
+from worker.retry import Deadline, deadlines_for, with_deadlines
 from worker.search import search_and_rank
-from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore, Vectors
 
 log = structlog.get_logger(__name__)
 
-RetryOne = Callable[[list[Delivery]], Awaitable[None]]
+Embed = Callable[[Sequence[str]], Awaitable[Vectors]]
+Hits = dict[MemoryType, list[MemoryHit]]
 
 
-@dataclass
-class WorkerStats:
-    batches: int = 0
-    requests: int = 0
-    largest_batch: int = 0
-    redeliveries: int = 0
+class Queued(Protocol):
+    """What `process` needs of a delivery."""
+
+    @property
+    def request(self) -> RetrievalRequest: ...
+
+    @property
+    def received(self) -> float: ...  # time.monotonic() at arrival
 
 
-class Worker:
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        embedder: Embedder,
-        store: MemoryStore,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.embedder = embedder
-        self.store = store
-        self.metrics = metrics or Metrics()
-        self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
-        self.health: HealthServer | None = None
-        self.stats = WorkerStats()
-        self.ready = asyncio.Event()
-        self._batch_ids = itertools.count(1)
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._replier: Replier | None = None
-        self._batcher: Batcher[Delivery] = Batcher(
-            BatchLimits(
-                settings.max_batch,
-                settings.max_batch_tokens,
-                settings.max_wait_ms / 1000,
-                settings.bulk_top_up,
-                settings.batch_sort_window,
-            )
-        )
+@dataclass(frozen=True)
+class Stages:
+    """The model, the store, and how the pipeline uses them."""
 
-    async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
-        """Serve until `stop` is set (or SIGTERM/SIGINT with handle_signals), then drain."""
-        stop = stop or asyncio.Event()
-        if handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-        # Read once: the store chose its mode when it connected, before serving.
-        self._store_mode = str(self.store.describe().get("mode", ""))
-        connection = await aio_pika.connect_robust(
-            self.settings.amqp_url,
-            client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
-        )
-        self._start_health_server(connection)
-        try:
-            async with connection:
-                consumer = await self._start_consuming(connection)
-                self.ready.set()
-                closer = asyncio.create_task(self._close_batcher_on(stop))
-                try:
-                    while batch := await self._batcher.next_batch():
-                        await self._embed_and_hand_off(batch)
-                finally:
-                    closer.cancel()
-                    await self._shutdown(consumer)
-        finally:
-            if self.health is not None:
-                self.health.stop()
-
-    def _start_health_server(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
-        """Ready = consuming, broker connected (robust reconnects clear it), model loaded."""
-        if self.settings.metrics_port < 0:
-            return
-
-        def ready() -> bool:
-            return self.ready.is_set() and connection.connected.is_set()
-
-        try:
-            self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on port {self.settings.metrics_port} ({exc.strerror}): "
-                "set RECALLQ_METRICS_PORT to a free port, 0 for any, -1 for none"
-            ) from None
-        self.health.start()
-        log.info("metrics and health", port=self.health.port)
-
-    async def _start_consuming(self, connection: aio_pika.abc.AbstractConnection) -> Consumer:
-        """A channel per lane (each with its prefetch) and one for replies, with confirms."""
-        prefetch = {
-            Lane.INTERACTIVE: self.settings.prefetch,
-            Lane.BULK: self.settings.bulk_prefetch,
-        }
-        channels: dict[Lane, AbstractChannel] = {}
-        for lane, count in prefetch.items():
-            channels[lane] = await connection.channel()
-            await channels[lane].set_qos(prefetch_count=count)
-        reply_channel = await connection.channel(on_return_raises=True)
-        self._replier = Replier(reply_channel, self.settings.worker_id, self.metrics)
-        consumer = Consumer(
-            channels,
-            self.settings.topology,
-            self._batcher,
-            self.embedder.count_tokens,
-            self._replier.refuse_invalid,
-            self.settings.max_message_bytes,
-            self.metrics,
-        )
-        await consumer.start()
-        return consumer
-
-    async def _close_batcher_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        log.info("stopping: no new batches")
-        self._batcher.close()
-
-    async def _shutdown(self, consumer: Consumer) -> None:
-        """Stop consuming, requeue what is only prefetched, finish what is in flight."""
-        await consumer.stop()
-        self._batcher.close()
-        assert self._replier is not None
-        for delivery in self._batcher.drain():
-            await self._replier.requeue(delivery.message)
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace_s)
-        self.stats.redeliveries = consumer.redeliveries
-        log.info("worker stopped", **vars(self.stats))
-
-    async def _embed_and_hand_off(self, batch: list[Delivery]) -> None:
-        batch_id = next(self._batch_ids)
-        started = time.monotonic()
-        for delivery in batch:
-            delivery.dispatched = delivery.dispatched or started
-        live = [d for d in batch if not self._refuse_if_expired(d)]
-        if not live:
-            return
-        self._observe_batch(live)
-        try:
-            vectors = await self.embedder.embed([d.request.query for d in live])
-        except Exception:
-            log.exception("embedding failed", batch_id=batch_id, size=len(live))
-            await self._isolate_or_give_up(live, self._embed_and_hand_off)
-            return
-        embed_ms = (time.monotonic() - started) * 1000
-        self.metrics.embed_seconds.observe(embed_ms / 1000)
-        self._spawn(self._search_and_reply(batch_id, live, vectors, embed_ms))
-
-    def _observe_batch(self, batch: list[Delivery]) -> None:
-        self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_tokens.observe(max(d.tokens for d in batch) * len(batch))
-        for delivery in batch:
-            self.metrics.queue_wait_seconds.observe(delivery.dispatched - delivery.received)
-
-    def _refuse_if_expired(self, delivery: Delivery) -> bool:
-        deadline = delivery.request.deadline_ms
-        if deadline is None or deadline > time.time() * 1000:
-            return False
-        assert self._replier is not None
-        response = RetrievalResponse.failure(
-            delivery.request.request_id, ErrorCode.EXPIRED, "deadline passed before work began"
-        )
-        self._spawn(self._replier.refuse(delivery.message, response))
-        return True
-
-    async def _search_and_reply(
-        self, batch_id: int, batch: list[Delivery], vectors: Vectors, embed_ms: float
-    ) -> None:
-        started = time.monotonic()
-        requests = [d.request for d in batch]
-        try:
-            results = await search_and_rank(
-                self.store,
-                requests,
-                vectors,
-                candidate_factor=self.settings.candidate_factor,
-                now=time.time(),
-                deadline=batch_deadline(requests, self.settings.store_retry_s),
-                observe=self._observe_search,
-            )
-        except RecallqError as exc:  # store unavailable or mismatched: a final, coded error
-            log.warning("search failed", batch_id=batch_id, error=str(exc), code=exc.code)
-            failures = [(d, _failure(d, exc)) for d in batch]
-            await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in failures))
-            return
-        except Exception:
-            log.exception("search crashed", batch_id=batch_id, size=len(batch))
-            rows = {id(d): row for row, d in enumerate(batch)}
-
-            async def again(one: list[Delivery]) -> None:
-                row = rows[id(one[0])]
-                await self._search_and_reply(batch_id, one, vectors[row : row + 1], embed_ms)
-
-            await self._isolate_or_give_up(batch, again)
-            return
-        search_ms = (time.monotonic() - started) * 1000
-        self._count(len(batch))
-        responses = [
-            RetrievalResponse(
-                request_id=d.request.request_id,
-                status="ok",
-                results=hits,
-                timings=Timings(embed_ms=embed_ms, search_ms=search_ms),
-            )
-            for d, hits in zip(batch, results, strict=True)
-        ]
-        replies = zip(batch, responses, strict=True)
-        await asyncio.gather(*(self._reply(d, r, len(batch)) for d, r in replies))
-        log.info(
-            "batch done",
-            batch_id=batch_id,
-            size=len(batch),
-            embed_ms=round(embed_ms, 2),
-            search_ms=round(search_ms, 2),
-            total_ms=round((time.monotonic() - batch[0].dispatched) * 1000, 2),
-        )
-
-    def _observe_search(self, memory_type: MemoryType, seconds: float) -> None:
-        labels = {"memory_type": memory_type.value, "store_mode": self._store_mode}
-        self.metrics.search_seconds.labels(**labels).observe(seconds)
-
-    async def _isolate_or_give_up(self, batch: list[Delivery], retry_one: RetryOne) -> None:
-        """A batch failed: retry each request alone; a lone request that fails has crashed."""
-        assert self._replier is not None
-        if len(batch) == 1:
-            delivery = batch[0]
-            await self._replier.crashed(delivery.message, delivery.request.request_id)
-            return
-        for delivery in batch:
-            await retry_one([delivery])
-
-    async def _reply(
-        self, delivery: Delivery, response: RetrievalResponse, batch_size: int
-    ) -> None:
-        assert self._replier is not None
-        response.batch_size = batch_size
-        response.timings.queue_ms = (delivery.dispatched - delivery.received) * 1000
-        response.timings.total_ms = (time.monotonic() - delivery.received) * 1000
-        # Bulk results may wait hours in a job queue, so they survive a broker restart;
-        # an RPC caller waits seconds at most, so its reply skips the disk.
-        persistent = delivery.lane is Lane.BULK
-        await self._replier.answer(delivery.message, response, persistent=persistent)
-        self.metrics.request_seconds.labels(
-            lane=delivery.lane.value, status=response.status
-        ).observe(response.timings.total_ms / 1000)
-
-    def _spawn(self, work: Coroutine[None, None, None]) -> None:
-        task = asyncio.create_task(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-
-    def _count(self, size: int) -> None:
-        self.stats.batches += 1
-        self.stats.requests += size
-        self.stats.largest_batch = max(self.stats.largest_batch, size)
+    embed: Embed
+    store: MemoryStore
+    worker_id: str = ""
+    candidate_factor: int = 4
+    store_retry_s: float = 10.0
+    metrics: Metrics = field(default_factory=Metrics)
+    store_mode: str = ""
 
 
-def _failure(delivery: Delivery, error: RecallqError) -> RetrievalResponse:
-    return RetrievalResponse.failure(
-        delivery.request.request_id, error.code, str(error), retryable=error.retryable
+@dataclass(frozen=True)
+class _Clock:
+    """One reading of both clocks: deadlines are wall time, durations monotonic."""
+
+    wall: float
+    mono: float
+
+    @classmethod
+    def now(cls) -> _Clock:
+        return cls(time.time(), time.monotonic())
+
+
+async def process(
+    batch: Sequence[Queued], stages: Stages, embedded: asyncio.Event | None = None
+) -> list[Outcome]:
+    """One outcome per request of `batch`, in order. Raises only for a bug or a poison request.
+
+    `embedded` is set as soon as the model is done with this batch, so the caller
+    can form the next batch while this one searches.
+    """
+    started = _Clock.now()
+    live = [i for i, q in enumerate(batch) if not _past(q.request, started.wall)]
+    requests = [batch[i].request for i in live]
+    try:
+        vectors = await stages.embed([r.query for r in requests]) if live else _no_vectors()
+    finally:
+        if embedded is not None:
+            embedded.set()
+    embedded_at = time.monotonic()
+    stages.metrics.embed_seconds.observe(embedded_at - started.mono)
+    found = dict(zip(live, await _search(requests, vectors, stages, started), strict=True))
+    timings = _BatchTimings(started, embedded_at, time.monotonic(), len(live))
+    log.info(
+        "batch done",
+        size=len(live),
+        expired=len(batch) - len(live),
+        embed_ms=round(timings.embed_ms, 2),
+        search_ms=round(timings.search_ms, 2),
     )
+    return [
+        _outcome(q, found[i], stages, timings) if i in found else _expired(q, stages, "before work")
+        for i, q in enumerate(batch)
+    ]
+
+
+async def process_isolated(
+    batch: Sequence[Queued], stages: Stages, embedded: asyncio.Event | None = None
+) -> list[Outcome]:
+    """`process`, except that a batch that raises is re-run request by request,
+    and a lone request that raises has `Crashed`."""
+    try:
+        return await process(batch, stages, embedded)
+    except Exception as exc:
+        if len(batch) == 1:
+            log.exception("request crashed", request_id=batch[0].request.request_id)
+            return [Crashed(repr(exc))]
+        log.exception("batch crashed; processing its requests one by one", size=len(batch))
+    return [(await process_isolated([queued], stages))[0] for queued in batch]
+
+
+async def _search(
+    requests: list[RetrievalRequest], vectors: Vectors, stages: Stages, started: _Clock
+) -> list[Hits | RecallqError]:
+    """Ranked hits per request, or the coded error that request ends with."""
+    deadlines: list[Deadline] = deadlines_for(
+        requests, stages.store_retry_s, started.wall, started.mono
+    )
+
+    async def search(pending: list[int]) -> list[Hits]:
+        return await search_and_rank(
+            stages.store,
+            [requests[i] for i in pending],
+            vectors[pending],
+            candidate_factor=stages.candidate_factor,
+            now=started.wall,
+            observe=lambda memory_type, seconds: _observe_search(stages, memory_type, seconds),
+        )
+
+    if not requests:
+        return []
+    try:
+        found: list[Hits | StoreUnavailable] = await with_deadlines(search, deadlines)
+        return list(found)
+    except RecallqError as exc:  # final and store-wide (dimensions differ): every request
+        log.warning("search failed", error=str(exc), code=exc.code)
+        return [exc] * len(requests)
+
+
+@dataclass(frozen=True)
+class _BatchTimings:
+    started: _Clock
+    embedded_at: float
+    searched_at: float
+    size: int
+
+    @property
+    def embed_ms(self) -> float:
+        return (self.embedded_at - self.started.mono) * 1000
+
+    @property
+    def search_ms(self) -> float:
+        return (self.searched_at - self.embedded_at) * 1000
+
+
+def _outcome(
+    queued: Queued, result: Hits | RecallqError, stages: Stages, timings: _BatchTimings
+) -> Outcome:
+    """The response, built once with its timings: ok, or the request's coded error."""
+    request = queued.request
+    if _past(request, time.time()):
+        return _expired(queued, stages, "while it was processed")
+    took = Timings(
+        queue_ms=(timings.started.mono - queued.received) * 1000,
+        embed_ms=timings.embed_ms,
+        search_ms=timings.search_ms,
+        total_ms=(time.monotonic() - queued.received) * 1000,
+    )
+    failed = isinstance(result, RecallqError)
+    response = RetrievalResponse(
+        request_id=request.request_id,
+        status="error" if failed else "ok",
+        results={} if isinstance(result, RecallqError) else result,
+        error=_error_info(result) if isinstance(result, RecallqError) else None,
+        timings=took,
+        batch_size=timings.size,
+        worker_id=stages.worker_id,
+    )
+    return Answered(response)
+
+
+def _error_info(error: RecallqError) -> ErrorInfo:
+    return ErrorInfo(code=error.code, message=str(error), retryable=error.retryable)
+
+
+def _expired(queued: Queued, stages: Stages, when: str) -> Refused:
+    response = RetrievalResponse.failure(
+        queued.request.request_id,
+        ErrorCode.EXPIRED,
+        f"deadline passed {when}",
+        worker_id=stages.worker_id,
+    )
+    return Refused(response)
+
+
+def _past(request: RetrievalRequest, now_wall: float) -> bool:
+    return request.deadline_ms is not None and request.deadline_ms <= now_wall * 1000
+
+
+def _no_vectors() -> Vectors:
+    return np.zeros((0, 0), dtype=np.float32)
+
+
+def _observe_search(stages: Stages, memory_type: MemoryType, seconds: float) -> None:
+    labels = {"memory_type": memory_type.value, "store_mode": stages.store_mode}
+    stages.metrics.search_seconds.labels(**labels).observe(seconds)

@@ -1,22 +1,35 @@
 """Publishing replies, and the one place that decides ack, reject or nack.
 
-| outcome                                   | reply                  | then                       |
-| ----------------------------------------- | ---------------------- | -------------------------- |
-| answered (ok, or a final error)           | the response           | ack                        |
-| refused (invalid, expired)                | the error, if reply_to | reject, no requeue: dead   |
-| crashed, attempts left                    | none                   | reject + requeue (counted) |
-| crashed on the last attempt               | `internal`             | reject, no requeue: dead   |
-| not now (shutdown, reply channel lost)    | none                   | nack + requeue (uncounted) |
+| outcome                    | reply                    | then                              |
+| -------------------------- | ------------------------ | --------------------------------- |
+| Answered (ok, final error) | the response             | ack                               |
+| Refused (invalid, expired) | the error, if reply_to   | reject, no requeue: dead-lettered |
+| Crashed, deliveries left   | none                     | reject + requeue (counted)        |
+| Crashed, last delivery     | `internal`               | reject, no requeue: dead-lettered |
+| NotNow (shutdown)          | none                     | nack + requeue (not counted)      |
 
-A request is acked only after its reply is confirmed by the broker, so a worker
-that dies mid-batch leaves its requests to be redelivered to another.
+When a reply cannot be sent:
+
+| what failed                                       | then                                   |
+| ------------------------------------------------- | -------------------------------------- |
+| an answer, on a broker or connection error        | nack + requeue: another try answers it |
+| an answer, anything else (cannot encode, refused) | as Crashed: retried, then given up     |
+| a refusal or an `internal` reply                  | logged; dead-lettered all the same     |
+| cancelled (shutdown past its grace period)        | nack + requeue                         |
+
+reject counts toward the delivery limit on RabbitMQ 4.3, nack does not: a
+real failure rejects, "not now" nacks. A request is acked only after its reply
+is confirmed, so a worker that dies mid-batch leaves it to be redelivered.
+Whatever raises, each delivery is settled exactly once; if the settle call
+itself fails (its channel closed), the broker requeues the delivery.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable
+from dataclasses import dataclass
+from enum import Enum
 
 import aiormq
 import structlog
@@ -26,21 +39,42 @@ from aio_pika.exceptions import AMQPError, PublishError
 
 from schemas.messages import (
     CONTENT_TYPE,
+    MAX_SHORT_STRING_BYTES,
     SCHEMA_HEADER,
     SCHEMA_VERSION,
     ErrorCode,
     RetrievalResponse,
 )
 from schemas.topology import DELIVERY_LIMIT
+from worker.batch import Lane
 from worker.metrics import Metrics
+from worker.outcomes import Answered, Crashed, NotNow, Outcome, Refused
+from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
 
-SETTLE_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
-
+# A broker or connection failure: the same reply may well go through on another try.
+TRANSIENT_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
 
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A delivery as settling needs it, valid or not."""
+
+    message: AbstractIncomingMessage
+    lane: Lane
+    received: float  # time.monotonic() at arrival
+    request_id: str  # the validated request's, else the best safe guess, else ""
+
+
+class Verdict(Enum):
+    ACK = "ack"
+    DEAD = "reject"  # no requeue: to the dead-letter queue
+    RETRY = "reject+requeue"  # counted toward the delivery limit
+    LATER = "nack+requeue"  # not counted
 
 
 def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
@@ -58,122 +92,142 @@ def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)
-    if isinstance(count, int) and count > 0:
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
         return count
     return 1 if message.redelivered else 0
 
 
-class Replier:
-    def __init__(self, channel: AbstractChannel, worker_id: str, metrics: Metrics) -> None:
+def safe_request_id(message: AbstractIncomingMessage) -> str:
+    """The id to answer an undecodable message under: its correlation_id, else its body's."""
+    candidate: object = message.correlation_id
+    if not candidate:
+        try:
+            candidate = json.loads(message.body).get("request_id")
+        except Exception:  # deep nesting raises RecursionError, a list has no .get ...
+            return ""
+    if not isinstance(candidate, str):
+        return ""
+    try:
+        fits = 0 < len(candidate.encode("utf-8")) <= MAX_SHORT_STRING_BYTES
+    except UnicodeEncodeError:
+        return ""
+    return candidate if fits else ""
+
+
+class Settler:
+    def __init__(
+        self, channel: AbstractChannel, worker_id: str, metrics: Metrics, ledger: Unsettled
+    ) -> None:
         # The channel must have publisher confirms and on_return_raises=True.
         self._channel = channel
         self._worker_id = worker_id
         self._metrics = metrics
+        self._ledger = ledger
 
-    async def publish(
-        self,
-        reply_to: str,
-        response: RetrievalResponse,
-        *,
-        persistent: bool = False,
-        trace: dict[str, str] | None = None,
-    ) -> None:
+    async def settle(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Send the outcome's reply, then ack, reject or nack: once, whatever raises."""
+        verdict = Verdict.LATER  # cancelled before a verdict: give the request back
+        try:
+            verdict = await self._reply(envelope, outcome)
+        except Exception as exc:
+            verdict = await self._reply_failed(envelope, exc)
+        finally:
+            await self._apply(envelope, verdict)
+
+    async def _reply(self, envelope: Envelope, outcome: Outcome) -> Verdict:
+        """The policy table above, row by row."""
+        match outcome:
+            case Answered(response):
+                await self._publish(envelope, response)
+                return Verdict.ACK
+            case Refused(response):
+                await self._publish_best_effort(envelope, response)
+                return Verdict.DEAD
+            case Crashed(error) if delivery_count(envelope.message) + 1 >= DELIVERY_LIMIT:
+                log.error("request gave up", request_id=envelope.request_id, error=error)
+                await self._publish_best_effort(envelope, self._gave_up(envelope.request_id))
+                return Verdict.DEAD
+            case Crashed(error):
+                log.warning(
+                    "request crashed; retrying", request_id=envelope.request_id, error=error
+                )
+                return Verdict.RETRY
+            case NotNow(reason):
+                log.info("request put back", request_id=envelope.request_id, reason=reason)
+                return Verdict.LATER
+
+    async def _reply_failed(self, envelope: Envelope, exc: Exception) -> Verdict:
+        if isinstance(exc, TRANSIENT_ERRORS):
+            log.warning("reply failed; requeueing", request_id=envelope.request_id, error=repr(exc))
+            return Verdict.LATER
+        return await self._reply(envelope, Crashed(f"reply could not be sent: {exc!r}"))
+
+    async def _publish(self, envelope: Envelope, response: RetrievalResponse) -> None:
         """Publish and await the broker's confirm; a reply nobody can receive is logged."""
-        response.worker_id = self._worker_id
-        message = Message(
+        message = envelope.message
+        # Bulk results may wait hours in a job queue, so they survive a broker restart;
+        # an RPC caller waits seconds at most, so its reply skips the disk.
+        persistent = envelope.lane is Lane.BULK
+        reply = Message(
             response.model_dump_json().encode(),
             content_type=CONTENT_TYPE,
             correlation_id=response.request_id,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION, **(trace or {})},
+            headers={SCHEMA_HEADER: SCHEMA_VERSION, **trace_headers(message)},
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )
         try:
-            await self._channel.default_exchange.publish(message, reply_to, mandatory=True)
+            await self._channel.default_exchange.publish(
+                reply, message.reply_to or "", mandatory=True
+            )
         except PublishError:
             # The requester and its reply queue are gone; retrying cannot help.
             self._metrics.returned_replies.inc()
-            log.warning("reply returned", request_id=response.request_id, reply_to=reply_to)
+            log.warning("reply returned", request_id=response.request_id, to=message.reply_to)
+        self._observe(envelope, response)
 
-    async def answer(
-        self,
-        message: AbstractIncomingMessage,
-        response: RetrievalResponse,
-        *,
-        persistent: bool = False,
-    ) -> None:
-        """Reply, then ack: the request is done (answered `ok` or with a final error)."""
+    async def _publish_best_effort(self, envelope: Envelope, response: RetrievalResponse) -> None:
+        if not envelope.message.reply_to:
+            self._observe(envelope, response)
+            return
         try:
-            await self.publish(
-                message.reply_to or "",
-                response,
-                persistent=persistent,
-                trace=trace_headers(message),
-            )
-        except SETTLE_ERRORS as exc:
-            log.warning("reply failed; requeueing", request_id=response.request_id, error=repr(exc))
-            await self.requeue(message)
-            return
-        self._count(response)
-        await self._settle(message.ack(), response.request_id)
+            await self._publish(envelope, response)
+        except Exception as exc:
+            log.warning("error reply failed", request_id=response.request_id, error=repr(exc))
 
-    async def refuse(self, message: AbstractIncomingMessage, response: RetrievalResponse) -> None:
-        """Reply with the error where there is a reply_to, then dead-letter the message."""
-        log.warning(
-            "request refused",
-            request_id=response.request_id,
-            code=response.error.code if response.error else None,
-            error=response.error.message if response.error else None,
+    def _gave_up(self, request_id: str) -> RetrievalResponse:
+        return RetrievalResponse.failure(
+            request_id,
+            ErrorCode.INTERNAL,
+            f"processing failed on {DELIVERY_LIMIT} attempts; the request is dead-lettered",
+            worker_id=self._worker_id,
         )
-        if message.reply_to:
-            try:
-                await self.publish(message.reply_to, response, trace=trace_headers(message))
-            except SETTLE_ERRORS as exc:
-                log.warning("refusal reply failed", request_id=response.request_id, error=repr(exc))
-        self._count(response)
-        await self._settle(message.reject(requeue=False), response.request_id)
 
-    async def refuse_invalid(self, message: AbstractIncomingMessage, reason: str) -> None:
-        request_id = message.correlation_id or _request_id_of(message.body) or ""
-        response = RetrievalResponse.failure(request_id, ErrorCode.INVALID_REQUEST, reason)
-        await self.refuse(message, response)
-
-    async def crashed(self, message: AbstractIncomingMessage, request_id: str) -> None:
-        """Processing raised: retry elsewhere while attempts remain, then answer and give up."""
-        if delivery_count(message) + 1 >= DELIVERY_LIMIT:
-            response = RetrievalResponse.failure(
-                request_id,
-                ErrorCode.INTERNAL,
-                f"processing failed on {DELIVERY_LIMIT} attempts; the request is dead-lettered",
-            )
-            await self.refuse(message, response)
-            return
-        # reject, not nack: RabbitMQ 4.3 counts only rejects toward the delivery limit.
-        await self._settle(message.reject(requeue=True), request_id)
-
-    async def requeue(self, message: AbstractIncomingMessage) -> None:
-        """Not now (shutdown, lost reply channel): back to the queue for another worker.
-
-        nack, not reject: RabbitMQ 4.3 counts only rejects toward the delivery limit.
-        """
-        await self._settle(message.nack(requeue=True), message.correlation_id or "")
-
-    def _count(self, response: RetrievalResponse) -> None:
+    def _observe(self, envelope: Envelope, response: RetrievalResponse) -> None:
         code = response.error.code.value if response.error else ""
         self._metrics.requests.labels(status=response.status, code=code).inc()
+        self._metrics.request_seconds.labels(
+            lane=envelope.lane.value, status=response.status
+        ).observe(response.timings.total_ms / 1000)
 
-    async def _settle(self, action: Awaitable[None], request_id: str) -> None:
-        # A delivery tag dies with its channel: after a reconnect the ack cannot land,
-        # and the broker redelivers the request; the client drops the duplicate reply.
-        self._metrics.in_flight.dec()
+    async def _apply(self, envelope: Envelope, verdict: Verdict) -> None:
+        message = envelope.message
         try:
-            await action
-        except SETTLE_ERRORS as exc:
-            log.warning("settle failed", request_id=request_id, error=repr(exc))
-
-
-def _request_id_of(body: bytes) -> str | None:
-    try:
-        value = json.loads(body).get("request_id")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+            if verdict is Verdict.ACK:
+                await message.ack()
+            elif verdict is Verdict.DEAD:
+                await message.reject(requeue=False)
+            elif verdict is Verdict.RETRY:
+                await message.reject(requeue=True)
+            else:
+                await message.nack(requeue=True)
+        except Exception as exc:
+            # A delivery tag dies with its channel: after a reconnect the broker has
+            # already requeued the delivery, and the client drops a duplicate reply.
+            log.warning(
+                "settle failed",
+                request_id=envelope.request_id,
+                verdict=verdict.value,
+                error=repr(exc),
+            )
+        finally:
+            self._ledger.closed(message)

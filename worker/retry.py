@@ -1,11 +1,17 @@
-"""Retrying store calls with backoff, never past a deadline."""
+"""Retrying store calls with backoff, each request within its own deadline.
+
+A batch's requests share store calls, but not deadlines: a store error is
+retried for as long as any request still has time, and each request gives up
+at its own deadline (less a margin, so its `store_unavailable` reply reaches
+the caller in time). No request's deadline shortens another's.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -16,43 +22,64 @@ from worker.errors import StoreUnavailable
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-
 REPLY_MARGIN_S = 0.25  # time left at the deadline for the error reply to reach the caller
 
 
-def batch_deadline(requests: Sequence[RetrievalRequest], default_s: float) -> float:
-    """When to stop retrying a batch's store calls, on the monotonic clock.
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When the caller stops waiting, and when to stop retrying for it (monotonic)."""
 
-    The earliest request deadline less a margin, so a `store_unavailable` reply
-    reaches its caller before the caller gives up.
-    """
-    now_wall, now_mono = time.time(), time.monotonic()
-    deadlines = [r.deadline_ms / 1000 for r in requests if r.deadline_ms is not None]
-    if not deadlines:
-        return now_mono + default_s
-    return now_mono + (min(deadlines) - now_wall) - REPLY_MARGIN_S
+    end: float
+    give_up: float
 
 
-async def with_retries(
-    call: Callable[[], Awaitable[T]],
+def deadlines_for(
+    requests: Sequence[RetrievalRequest], retry_s: float, now_wall: float, now_mono: float
+) -> list[Deadline]:
+    """Each request's own deadline, or `retry_s` from now for a request without one."""
+    deadlines = []
+    for request in requests:
+        if request.deadline_ms is None:
+            end = now_mono + retry_s
+            deadlines.append(Deadline(end, end))
+        else:
+            end = now_mono + (request.deadline_ms / 1000 - now_wall)
+            deadlines.append(Deadline(end, end - REPLY_MARGIN_S))
+    return deadlines
+
+
+async def with_deadlines(
+    call: Callable[[list[int]], Awaitable[list[T]]],
+    deadlines: Sequence[Deadline],
     *,
-    deadline: float,
     first_delay: float = 0.05,
     max_delay: float = 1.0,
-) -> T:
-    """`call()` until it succeeds; StoreUnavailable once the deadline leaves no room."""
+) -> list[T | StoreUnavailable]:
+    """`call(pending)` answers the requests at those indexes, in order.
+
+    On StoreUnavailable (or no answer in time), each pending request either gives
+    up with that error, if its deadline leaves no room for another try, or is
+    tried again after a backoff, with the others that still have time.
+    """
+    results: dict[int, T | StoreUnavailable] = {}
+    pending = list(range(len(deadlines)))
     delay = first_delay
-    for attempt in itertools.count(1):
-        remaining = deadline - time.monotonic()
+    while pending:
+        latest = max(deadlines[i].end for i in pending)
         try:
-            async with asyncio.timeout(max(remaining, 0.001)):
-                return await call()
+            async with asyncio.timeout(max(latest - time.monotonic(), 0.001)):
+                answers = await call(pending)
+            results.update(zip(pending, answers, strict=True))
+            break
         except TimeoutError:
-            raise StoreUnavailable("the store did not answer before the deadline") from None
+            error = StoreUnavailable("the store did not answer before the deadline")
         except StoreUnavailable as exc:
-            if time.monotonic() + delay >= deadline:
-                raise
-            log.warning("store error, retrying", attempt=attempt, error=str(exc), delay_s=delay)
-        await asyncio.sleep(delay)
-        delay = min(2 * delay, max_delay)
-    raise AssertionError("itertools.count never ends")
+            error = exc
+        retry_at = time.monotonic() + delay
+        results.update((i, error) for i in pending if retry_at >= deadlines[i].give_up)
+        pending = [i for i in pending if i not in results]
+        if pending:
+            log.warning("store error, retrying", error=str(error), delay_s=delay, left=len(pending))
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, max_delay)
+    return [results[i] for i in range(len(deadlines))]

@@ -11,7 +11,6 @@ import structlog
 
 from schemas.messages import MemoryHit, MemoryType, RetrievalRequest
 from worker.rank import rank
-from worker.retry import with_retries
 from worker.store.base import Candidate, GroupResult, MemoryStore, SearchGroup, Vectors
 
 log = structlog.get_logger(__name__)
@@ -66,15 +65,14 @@ async def search_and_rank(
     *,
     candidate_factor: int,
     now: float,
-    deadline: float,
     observe: Observe | None = None,
 ) -> list[dict[MemoryType, list[MemoryHit]]]:
     """Ranked hits per memory type for every request, in request order.
 
-    Store errors are retried with backoff until `deadline` (monotonic), then raised.
+    Store errors propagate (StoreUnavailable is retried by the caller).
     """
     groups, slots_of_group = build_groups(requests, vectors, candidate_factor)
-    found = await with_retries(lambda: search_by_type(store, groups, observe), deadline=deadline)
+    found = await search_by_type(store, groups, observe)
     candidates: list[dict[MemoryType, list[Candidate]]] = [{} for _ in requests]
     for slots, per_query in zip(slots_of_group, found, strict=True):
         for (index, memory_type), hits in zip(slots, per_query, strict=True):

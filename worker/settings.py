@@ -112,7 +112,14 @@ class WorkerSettings(BrokerSettings):
         default="auto", description="auto = console on a terminal, JSON otherwise."
     )
     shutdown_grace_s: float = Field(
-        default=30.0, gt=0, description="Longest wait for in-flight batches on SIGTERM."
+        default=30.0,
+        gt=0,
+        description="Longest wait for in-flight batches on SIGTERM; then they are cancelled.",
+    )
+    unsettled_limit_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A delivery unsettled this long is logged, counted and makes /readyz 503.",
     )
 
     @model_validator(mode="after")

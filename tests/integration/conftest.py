@@ -1,4 +1,4 @@
-"""Real services for integration tests: RabbitMQ, the real model, a seeded SQLite store.
+"""Real services for integration tests: RabbitMQ, MongoDB-wire servers, running workers.
 
 RabbitMQ comes from RECALLQ_AMQP_URL (default: the local server). Where it is not
 reachable the tests skip locally and fail in CI (CI is set), as dramatiq's do.
@@ -8,33 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aio_pika
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
 
 from schemas.messages import MemoryType
+from tests.conftest import DEMO_MEMORIES
 from tests.integration.secantus import RestartableSecantus
-from tests.oracle import Oracle
-from worker.embed import Embedder, bundled_model_path
+from worker.embed import Embedder
 from worker.ingest import ingest_file
-from worker.pipeline import Worker
+from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore, SearchGroup, SQLiteStore
 from worker.store.mongo import MongoStore
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_MEMORIES = ROOT / "data" / "demo" / "memories.jsonl"
-DEMO_QUESTIONS = ROOT / "data" / "demo" / "questions.json"
 
 
 @pytest.fixture(scope="session")
@@ -49,40 +42,6 @@ async def amqp_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return url
-
-
-@pytest.fixture(scope="session")
-def embedder() -> Iterator[Embedder]:
-    embedder = Embedder.load(device="cpu")
-    yield embedder
-    embedder.close()
-
-
-@pytest.fixture(scope="session")
-def demo_records() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in DEMO_MEMORIES.read_text().splitlines() if line]
-
-
-@pytest.fixture(scope="session")
-def demo_questions() -> list[dict[str, str]]:
-    questions: list[dict[str, str]] = json.loads(DEMO_QUESTIONS.read_text())
-    return questions
-
-
-@pytest.fixture(scope="session")
-async def demo_store(
-    tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
-) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path_factory.mktemp("store") / "demo.db")
-    report = await ingest_file(DEMO_MEMORIES, store, embedder, progress=False)
-    assert report.stored == 270 and not report.bad_lines
-    yield store
-    await store.close()
-
-
-@pytest.fixture(scope="session")
-def oracle(demo_records: list[dict[str, Any]]) -> Oracle:
-    return Oracle(demo_records, SentenceTransformer(bundled_model_path(), device="cpu"))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import ROOT
+from tests.conftest import ROOT
 
 
 async def test_the_quick_benchmark_run_measures_every_system(amqp_url: str, tmp_path: Path) -> None:

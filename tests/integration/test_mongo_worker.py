@@ -14,13 +14,8 @@ from pymongo import AsyncMongoClient
 
 from producer.client import RetrievalClient
 from schemas.messages import ErrorCode, MemoryType
-from tests.integration.conftest import (
-    DEMO_MEMORIES,
-    ROOT,
-    mongo_settings,
-    running_worker,
-    seeded_mongo_store,
-)
+from tests.conftest import DEMO_MEMORIES, ROOT
+from tests.integration.conftest import mongo_settings, running_worker, seeded_mongo_store
 from tests.integration.secantus import RestartableSecantus
 from tests.oracle import Oracle
 from worker.embed import Embedder

@@ -1,0 +1,42 @@
+"""What became of a delivery: the small closed set the settle policy acts on.
+
+The pipeline and the consumer decide an outcome; only `worker.reply.Settler`
+turns it into a reply and an ack, reject or nack (its table says which).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.messages import RetrievalResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Done: `ok`, or a final error such as `store_unavailable`. Reply, then ack."""
+
+    response: RetrievalResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Will never be served (invalid, expired). Reply if possible, then dead-letter."""
+
+    response: RetrievalResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """Processing raised. Retry elsewhere while deliveries remain, then give up."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotNow:
+    """Not this worker, not now (shutting down). Back to the queue, uncounted."""
+
+    reason: str
+
+
+Outcome = Answered | Refused | Crashed | NotNow

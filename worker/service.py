@@ -1,0 +1,271 @@
+"""The worker's lifecycle: connect, consume, loop, drain, cancel, close.
+
+The loop takes the next batch, runs `process` on it and settles each outcome.
+Batch N+1 is formed and embeds while batch N searches and settles: the loop
+waits only until the model is done with a batch. In burst mode the worker
+stops by itself once both request queues are empty and nothing is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from worker.batch import Batcher, BatchLimits, Lane
+from worker.consume import Consumer, Delivery, Settle
+from worker.embed import Embedder
+from worker.errors import ConfigError
+from worker.metrics import HealthServer, Metrics
+from worker.outcomes import Answered, NotNow, Outcome
+from worker.pipeline import Stages, process_isolated
+from worker.reply import Settler
+from worker.settings import WorkerSettings
+from worker.store.base import MemoryStore
+from worker.watchdog import Unsettled
+
+log = structlog.get_logger(__name__)
+
+BURST_CHECK_S = 0.1  # burst mode: how often to look for empty queues
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    requests: int = 0  # answered `ok`
+    largest_batch: int = 0
+    redeliveries: int = 0
+
+
+async def process_and_settle(
+    batch: Sequence[Delivery],
+    stages: Stages,
+    settle: Settle,
+    embedded: asyncio.Event | None = None,
+    observe: Callable[[list[Outcome]], None] = lambda outcomes: None,
+) -> list[Outcome]:
+    """Process a batch and settle every delivery in it with its outcome (`observe` sees
+    the outcomes first); if cancelled (shutdown past its grace period), every delivery
+    goes back to the queue."""
+    try:
+        outcomes = await process_isolated(batch, stages, embedded)
+    except asyncio.CancelledError:
+        back = NotNow("shutdown: cancelled after the grace period")
+        await asyncio.gather(*(settle(d.envelope, back) for d in batch))
+        raise
+    finally:
+        if embedded is not None:
+            embedded.set()
+    observe(outcomes)
+    await asyncio.gather(*(settle(d.envelope, o) for d, o in zip(batch, outcomes, strict=True)))
+    return outcomes
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        embedder: Embedder,
+        store: MemoryStore,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
+        self.unsettled = Unsettled(settings.unsettled_limit_s, self.metrics.unsettled_too_long.inc)
+        self.metrics.in_flight.set_function(lambda: len(self.unsettled))
+        self.stages = Stages(
+            embed=embedder.embed,
+            store=store,
+            worker_id=settings.worker_id,
+            candidate_factor=settings.candidate_factor,
+            store_retry_s=settings.store_retry_s,
+            metrics=self.metrics,
+            store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
+        )
+        self._count_tokens = embedder.count_tokens
+        self.health: HealthServer | None = None
+        self.stats = WorkerStats()
+        self.ready = asyncio.Event()
+        self._batch_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._settler: Settler | None = None
+        self._batcher: Batcher[Delivery] = Batcher(
+            BatchLimits(
+                settings.max_batch,
+                settings.max_batch_tokens,
+                settings.max_wait_ms / 1000,
+                settings.bulk_top_up,
+                settings.batch_sort_window,
+            )
+        )
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        handle_signals: bool = False,
+        burst: bool = False,
+    ) -> None:
+        """Serve until `stop` is set (or SIGTERM/SIGINT with handle_signals, or, with
+        `burst`, until the queues are empty), then drain and close."""
+        stop = stop or asyncio.Event()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
+        )
+        self._start_health_server(connection)
+        try:
+            async with connection:
+                consumer = await self._start_consuming(connection)
+                self.ready.set()
+                helpers = [self._close_batcher_on(stop), self.unsettled.watch()]
+                if burst:
+                    helpers.append(self._stop_when_idle(consumer, stop))
+                running = [asyncio.create_task(helper) for helper in helpers]
+                try:
+                    await self._serve()
+                finally:
+                    for task in running:
+                        task.cancel()
+                    await self._shutdown(consumer)
+        finally:
+            if self.health is not None:
+                self.health.stop()
+
+    async def _serve(self) -> None:
+        """Next batch -> process -> settle, until the batcher closes."""
+        while batch := await self._batcher.next_batch():
+            embedded = asyncio.Event()
+            task = self._spawn(self._process_and_settle(batch, embedded))
+            waiting = asyncio.ensure_future(embedded.wait())
+            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+
+    async def _process_and_settle(self, batch: list[Delivery], embedded: asyncio.Event) -> None:
+        structlog.contextvars.bind_contextvars(batch_id=next(self._batch_ids))
+        self._observe_batch(batch)
+        assert self._settler is not None
+        await process_and_settle(batch, self.stages, self._settler.settle, embedded, self._count)
+
+    async def _settle_all(self, batch: Sequence[Delivery], outcome: Outcome) -> None:
+        assert self._settler is not None
+        await asyncio.gather(*(self._settler.settle(d.envelope, outcome) for d in batch))
+
+    async def _shutdown(self, consumer: Consumer) -> None:
+        """Stop consuming, requeue what is only prefetched, let in-flight batches finish
+        for the grace period, then cancel them (their deliveries go back to the queue)."""
+        await consumer.stop()
+        self._batcher.close()
+        await self._settle_all(self._batcher.drain(), NotNow("shutdown: only prefetched"))
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("in-flight batches cancelled after the grace period", batches=len(late))
+                await asyncio.wait(late)
+        self.stats.redeliveries = consumer.redeliveries
+        log.info("worker stopped", unsettled=len(self.unsettled), **vars(self.stats))
+
+    async def _stop_when_idle(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        """Burst mode: stop once nothing is queued or in flight on two checks in a row
+        (the second catches a delivery that was on its way during the first)."""
+        quiet = 0
+        while quiet < 2:
+            await asyncio.sleep(BURST_CHECK_S)
+            quiet = quiet + 1 if await self._idle(consumer) else 0
+        log.info("burst: the request queues are empty and nothing is in flight; stopping")
+        stop.set()
+
+    async def _idle(self, consumer: Consumer) -> bool:
+        if len(self._batcher) or len(self.unsettled) or self._tasks:
+            return False
+        try:
+            return await consumer.ready_messages() == 0
+        except Exception as exc:  # the broker is away: not idle, look again
+            log.warning("burst: cannot read the queue depths", error=repr(exc))
+            return False
+
+    def _start_health_server(self, connection: AbstractRobustConnection) -> None:
+        """Ready = consuming, broker connected, model loaded, and nothing stuck."""
+        if self.settings.metrics_port < 0:
+            return
+
+        def ready() -> bool:
+            connected = connection.connected.is_set()
+            return self.ready.is_set() and connected and self.unsettled.late == 0
+
+        try:
+            self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on port {self.settings.metrics_port} ({exc.strerror}): "
+                "set RECALLQ_METRICS_PORT to a free port, 0 for any, -1 for none"
+            ) from None
+        self.health.start()
+        log.info("metrics and health", port=self.health.port)
+
+    async def _start_consuming(self, connection: AbstractRobustConnection) -> Consumer:
+        """A channel per lane (each with its prefetch) and one for replies, with confirms."""
+        prefetch = {
+            Lane.INTERACTIVE: self.settings.prefetch,
+            Lane.BULK: self.settings.bulk_prefetch,
+        }
+        channels: dict[Lane, AbstractChannel] = {}
+        for lane, count in prefetch.items():
+            channels[lane] = await connection.channel()
+            await channels[lane].set_qos(prefetch_count=count)
+        reply_channel = await connection.channel(on_return_raises=True)
+        self._settler = Settler(
+            reply_channel, self.settings.worker_id, self.metrics, self.unsettled
+        )
+        consumer = Consumer(
+            channels,
+            self.settings.topology,
+            self._batcher,
+            self._count_tokens,
+            self._settler.settle,
+            self.unsettled,
+            self.settings.max_message_bytes,
+            self.settings.worker_id,
+            self.metrics,
+        )
+        await consumer.start()
+        return consumer
+
+    async def _close_batcher_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("stopping: no new batches")
+        self._batcher.close()
+
+    def _observe_batch(self, batch: Sequence[Delivery]) -> None:
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tokens.observe(max(d.tokens for d in batch) * len(batch))
+        now = time.monotonic()
+        for delivery in batch:
+            self.metrics.queue_wait_seconds.observe(now - delivery.received)
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        answered = sum(isinstance(o, Answered) and o.response.status == "ok" for o in outcomes)
+        self.stats.batches += 1
+        self.stats.requests += answered
+        self.stats.largest_batch = max(self.stats.largest_batch, len(outcomes))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
