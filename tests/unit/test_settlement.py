@@ -130,7 +130,9 @@ KINDS: dict[str, Callable[[int], RecordingMessage]] = {
     "emoji id": lambda n: RecordingMessage(request("🙂" * 128), None),
     "deep": lambda n: RecordingMessage(DEEP, None),
     "not json": lambda n: RecordingMessage(b"\xff{", f"bad-{n}"),
-    "schema true": lambda n: RecordingMessage(request(f"t-{n}"), f"t-{n}", headers={SCHEMA_HEADER: True}),
+    "schema true": lambda n: RecordingMessage(
+        request(f"t-{n}"), f"t-{n}", headers={SCHEMA_HEADER: True}
+    ),
     "huge deadline": lambda n: RecordingMessage(request(f"h-{n}", deadline_ms=10**400), f"h-{n}"),
     "no reply_to": lambda n: RecordingMessage(request(f"n-{n}"), f"n-{n}", reply_to=None),
 }  # fmt: skip
