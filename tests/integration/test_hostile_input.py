@@ -162,3 +162,44 @@ async def collect(queue: aio_pika.abc.AbstractQueue, count: int, parse: Any) -> 
 async def ack_and_keep(message: AbstractIncomingMessage, parse: Any, found: list[Any]) -> None:
     await message.ack()
     found.append(parse(message.body))
+
+
+async def test_ids_too_long_for_amqp_and_deep_nesting_leave_nothing_unsettled(
+    settings: WorkerSettings, embedder: Embedder, demo_store: SQLiteStore, oracle: Oracle
+) -> None:
+    """200 each: a request_id of 128 emoji (512 bytes: no AMQP short string holds it) and
+    30,000 levels of nesting, both without a correlation_id; plus 20 refusals with one."""
+    emoji = json.dumps({**VALID, "request_id": "🙂" * 128}).encode()
+    deep = b"[" * 30_000 + b"]" * 30_000
+    bodies = [(emoji, None), (deep, None)] * 200 + [(b"{", f"cid-{i}") for i in range(20)]
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection, running_worker(settings, embedder, demo_store) as worker:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        dead = await settings.topology.dead.declare(channel)
+        for body, correlation_id in bodies:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, correlation_id=correlation_id, reply_to=replies.name),
+                routing_key=settings.topology.requests.name,
+            )
+        answers = await collect(replies, len(bodies), RetrievalResponse.model_validate_json)
+        dead_letters = await collect(dead, len(bodies), lambda body: body)
+        async with RetrievalClient(settings, timeout=60) as client:
+            good = await client.retrieve(VALID["query"], VALID["memory_id"], VALID["limits"])
+        await asyncio.wait_for(worker.unsettled.wait_empty(), 30)  # the last ack follows its reply
+        in_flight = worker.metrics.registry.get_sample_value("recallq_in_flight")
+        unsettled = len(worker.unsettled)
+
+    assert all(a.error is not None and a.error.code == ErrorCode.INVALID_REQUEST for a in answers)
+    too_long = [a for a in answers if a.error is not None and "255 bytes" in a.error.message]
+    assert len(too_long) == 200 and all(a.request_id == "" for a in too_long)
+    assert sorted(a.request_id for a in answers if a.request_id) == sorted(
+        f"cid-{i}" for i in range(20)
+    )
+    assert len(dead_letters) == len(bodies)
+    assert in_flight == 0 and unsettled == 0
+    expected = oracle.retrieve(
+        VALID["query"], VALID["memory_id"], "long_term_memory", 2, now=time.time()
+    )
+    assert good.status == "ok"
+    assert_hits_match(good.results[MemoryType.LONG_TERM], expected)
