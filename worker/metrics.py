@@ -55,6 +55,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._count_deliveries(r)
+        self._cache_stats: Callable[[], tuple[int, int]] | None = None
+        r.register(_CacheCollector(self))
+
+    def _count_deliveries(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "recallq_requests", "Requests answered, by status and error code.",
             ["status", "code"], registry=r,
@@ -71,8 +76,6 @@ class Metrics:
         self.returned_replies = Counter(
             "recallq_returned_replies", "Replies the broker could not route.", registry=r
         )
-        self._cache_stats: Callable[[], tuple[int, int]] | None = None
-        r.register(_CacheCollector(self))
 
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
         """`stats()` gives (lookups, hits) of the embedding cache."""

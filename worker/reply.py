@@ -132,7 +132,23 @@ class Settler:
         except Exception as exc:
             verdict = await self._reply_failed(envelope, exc)
         finally:
-            await self._apply(envelope, verdict)
+            message = envelope.message
+            try:
+                match verdict:
+                    case Verdict.ACK:
+                        await message.ack()
+                    case Verdict.DEAD:
+                        await message.reject(requeue=False)
+                    case Verdict.RETRY:
+                        await message.reject(requeue=True)
+                    case Verdict.LATER:
+                        await message.nack(requeue=True)
+            except Exception as exc:
+                # A delivery tag dies with its channel: the broker has already requeued
+                # the delivery, and the client drops a duplicate reply.
+                log.warning("settle failed", request_id=envelope.request_id, error=repr(exc))
+            finally:
+                self._ledger.closed(message)
 
     async def _reply(self, envelope: Envelope, outcome: Outcome) -> Verdict:
         """The policy table above, row by row."""
@@ -208,26 +224,3 @@ class Settler:
         self._metrics.request_seconds.labels(
             lane=envelope.lane.value, status=response.status
         ).observe(response.timings.total_ms / 1000)
-
-    async def _apply(self, envelope: Envelope, verdict: Verdict) -> None:
-        message = envelope.message
-        try:
-            if verdict is Verdict.ACK:
-                await message.ack()
-            elif verdict is Verdict.DEAD:
-                await message.reject(requeue=False)
-            elif verdict is Verdict.RETRY:
-                await message.reject(requeue=True)
-            else:
-                await message.nack(requeue=True)
-        except Exception as exc:
-            # A delivery tag dies with its channel: after a reconnect the broker has
-            # already requeued the delivery, and the client drops a duplicate reply.
-            log.warning(
-                "settle failed",
-                request_id=envelope.request_id,
-                verdict=verdict.value,
-                error=repr(exc),
-            )
-        finally:
-            self._ledger.closed(message)

@@ -14,7 +14,8 @@ from pathlib import Path
 from producer.bulk import BulkJob
 from producer.client import RetrievalClient
 from schemas.messages import MemoryType, RetrievalResponse
-from tests.integration.conftest import ROOT, running_worker
+from tests.conftest import ROOT
+from tests.integration.conftest import running_worker
 from tests.oracle import Oracle, assert_hits_match
 from worker.embed import Embedder
 from worker.settings import WorkerSettings

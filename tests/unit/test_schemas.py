@@ -37,6 +37,18 @@ def test_good_request_is_parsed_and_query_stripped() -> None:
     assert request.weights.relevance == 1.0
 
 
+def test_a_request_id_of_255_bytes_fits_and_the_latest_deadline_is_accepted() -> None:
+    request = parse(request_id="é" * 127 + "x", deadline_ms=253_402_300_799_999)  # 255 bytes
+    assert len(request.request_id.encode()) == 255
+
+
+@pytest.mark.parametrize("field", ["request_id", "query", "memory_id"])
+def test_python_callers_cannot_pass_lone_surrogates_either(field: str) -> None:
+    body = {**GOOD, field: "bad \ud800"}
+    with pytest.raises(ValidationError, match="(?i)unicode"):
+        RetrievalRequest.model_validate(body)
+
+
 def test_python_callers_may_use_plain_strings_for_memory_types() -> None:
     request = RetrievalRequest(request_id="r", query="q", memory_id="m", limits={"summaries": 2})
     assert request.limits == {MemoryType.SUMMARIES: 2}
@@ -57,6 +69,9 @@ def test_python_callers_may_use_plain_strings_for_memory_types() -> None:
         ("memory_id", "m" * 257, "memory_id"),
         ("request_id", "", "request_id"),
         ("request_id", "r" * 129, "request_id"),
+        ("request_id", "🙂" * 64, "255 bytes"),  # 64 characters, 256 bytes
+        ("request_id", "\ud800", "Invalid JSON"),  # the parser refuses lone surrogates
+        ("query", "knee \udfff pain", "Invalid JSON"),
         ("limits", {}, "limits"),
         ("limits", {"conversation_memory": 0}, "limits"),
         ("limits", {"conversation_memory": 101}, "limits"),
@@ -68,6 +83,9 @@ def test_python_callers_may_use_plain_strings_for_memory_types() -> None:
         ("min_score", 1.5, "min_score"),
         ("deadline_ms", -1, "deadline_ms"),
         ("deadline_ms", "soon", "deadline_ms"),
+        ("deadline_ms", 10**400, "deadline_ms"),
+        ("deadline_ms", 253_402_300_800_000, "deadline_ms"),
+        ("deadline_ms", True, "deadline_ms"),
         ("weights", {"relevance": -1}, "weights"),
         ("weights", {"half_life_hours": 0}, "weights"),
         ("surprise", "field", "surprise"),
