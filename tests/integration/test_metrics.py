@@ -8,10 +8,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from producer.client import Query, RetrievalClient
 from tests.integration.conftest import running_worker
+from tests.stores import WrappedStore
 from worker.embed import Embedder
 from worker.settings import WorkerSettings
 from worker.store import GroupResult, SearchGroup, SQLiteStore
@@ -71,20 +71,17 @@ async def test_metrics_move_and_health_answers(
     assert sample(after, "recallq_embed_cache_hit_ratio") > 0
 
 
-class StuckStore:
+class StuckStore(WrappedStore):
     """The real store, except that searching one tenant hangs until released."""
 
     def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
+        super().__init__(store)
         self.release = asyncio.Event()
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         if any(group.memory_id == "stuck:tenant" for group in groups):
             await self.release.wait()
-        return await self._store.search(groups)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
+        return await self.store.search(groups)
 
 
 async def until(check: Callable[[], bool], timeout: float = 30) -> None:

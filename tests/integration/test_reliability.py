@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aio_pika
-import numpy as np
 import pytest
 
 from benchmarks.processes import WorkerProcess
 from producer.client import Query, RetrievalClient, RetrievalOverloaded
 from schemas.messages import ErrorCode, MemoryType, RetrievalResponse
 from tests.integration.conftest import running_worker
+from tests.stores import WrappedStore
 from worker.embed import Embedder
 from worker.errors import StoreUnavailable
 from worker.settings import WorkerSettings
@@ -83,24 +83,13 @@ async def test_a_worker_stopped_mid_load_loses_nothing(
         await second.stop()
 
 
-class PoisonedStore:
+class PoisonedStore(WrappedStore):
     """The real store, except that searching one tenant raises, as a bug would."""
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         if any(group.memory_id == "poison:tenant" for group in groups):
             raise RuntimeError("a bug that only this request triggers")
-        return await self._store.search(groups)
-
-    async def connect(self) -> None: ...
-    async def ensure_indexes(self) -> None: ...
-    async def upsert(self, memories: Sequence[Memory], embeddings: np.ndarray) -> None: ...
-    def describe(self) -> dict[str, str]:
-        return {}
-
-    async def close(self) -> None: ...
+        return await self.store.search(groups)
 
 
 async def test_a_poison_request_is_isolated_retried_and_dead_lettered(

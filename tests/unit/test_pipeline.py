@@ -8,15 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from schemas.messages import ErrorCode, MemoryType, RetrievalRequest
 from tests.oracle import Oracle, assert_hits_match
+from tests.stores import WrappedStore
 from worker.embed import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.outcomes import Answered, Crashed, Outcome, Refused
 from worker.pipeline import Stages, process, process_isolated
-from worker.store import GroupResult, Memory, SearchGroup, SQLiteStore
+from worker.store import GroupResult, SearchGroup, SQLiteStore
 
 LIMITS = {"long_term_memory": 3, "procedural_memory": 2}
 
@@ -38,11 +37,11 @@ def in_ms(seconds: float) -> int:
     return int((time.time() + seconds) * 1000)
 
 
-class FaultyStore:
+class FaultyStore(WrappedStore):
     """The real store, except that one tenant is poison and the first `down` calls fail."""
 
     def __init__(self, store: SQLiteStore, *, down: int = 0, error: Exception | None = None):
-        self._store = store
+        super().__init__(store)
         self._down = down
         self._error = error or StoreUnavailable("store restarting")
         self.calls = 0
@@ -53,15 +52,7 @@ class FaultyStore:
             raise RuntimeError("a bug that only this tenant triggers")
         if self.calls <= self._down:
             raise self._error
-        return await self._store.search(groups)
-
-    async def connect(self) -> None: ...
-    async def ensure_indexes(self) -> None: ...
-    async def upsert(self, memories: Sequence[Memory], embeddings: np.ndarray) -> None: ...
-    def describe(self) -> dict[str, str]:
-        return {}
-
-    async def close(self) -> None: ...
+        return await self.store.search(groups)
 
 
 def stages(embedder: Embedder, store: Any, **overrides: Any) -> Stages:

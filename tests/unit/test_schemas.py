@@ -45,7 +45,7 @@ def test_a_request_id_of_255_bytes_fits_and_the_latest_deadline_is_accepted() ->
 @pytest.mark.parametrize("field", ["request_id", "query", "memory_id"])
 def test_python_callers_cannot_pass_lone_surrogates_either(field: str) -> None:
     body = {**GOOD, field: "bad \ud800"}
-    with pytest.raises(ValidationError, match="(?i)unicode"):
+    with pytest.raises(ValidationError, match=r"(?i)unicode"):
         RetrievalRequest.model_validate(body)
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from schemas.messages import SCHEMA_HEADER
 from schemas.topology import DELIVERY_LIMIT, Topology
+from tests.stores import WrappedStore
 from worker.batch import Batcher, Lane
 from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
@@ -30,7 +31,7 @@ from worker.metrics import Metrics
 from worker.pipeline import Stages
 from worker.reply import Settler
 from worker.service import process_and_settle
-from worker.store import SQLiteStore
+from worker.store import GroupResult, SearchGroup, SQLiteStore
 from worker.watchdog import Unsettled
 
 ERRORS: list[Callable[[], Exception]] = [
@@ -106,16 +107,14 @@ class FaultyChannel:
         self.published.append(message)
 
 
-class FaultyStore:
+class FaultyStore(WrappedStore):
     def __init__(self, store: SQLiteStore, fail: Calls) -> None:
-        self._store, self._fail = store, fail
+        super().__init__(store)
+        self._fail = fail
 
-    async def search(self, groups: Sequence[Any]) -> Any:
+    async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         self._fail.next()
-        return await self._store.search(groups)
-
-    def describe(self) -> dict[str, str]:
-        return {}
+        return await self.store.search(groups)
 
 
 def request(request_id: str, **extra: Any) -> bytes:

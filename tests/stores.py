@@ -1,0 +1,33 @@
+"""A real store with one behaviour changed: the base of the tests' faulty stores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker.store import GroupResult, Memory, MemoryStore, SearchGroup, Vectors
+
+
+class WrappedStore:
+    """Delegates everything to `store`; subclasses override `search` to misbehave."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
+        return await self.store.search(groups)
+
+    async def connect(self) -> None:
+        await self.store.connect()
+
+    async def ensure_indexes(self) -> None:
+        await self.store.ensure_indexes()
+
+    async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
+        await self.store.upsert(memories, embeddings)
+
+    def describe(self) -> dict[str, Any]:
+        return self.store.describe()
+
+    async def close(self) -> None:
+        """The wrapped store belongs to the fixture that made it."""
