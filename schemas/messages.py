@@ -88,11 +88,12 @@ class RetrievalRequest(BaseModel):
     )
     weights: RankWeights | None = None
 
-    @field_validator("request_id", "query", "memory_id")
+    @field_validator("query")
     @classmethod
     def _encodable(cls, value: str) -> str:
-        # JSON can carry lone surrogates (\ud800) that no UTF-8 encoder, driver or
-        # tokenizer accepts: refuse them here rather than crash a stage later.
+        # JSON can carry lone surrogates (\ud800) that no UTF-8 encoder or tokenizer
+        # accepts. pydantic-core already refuses them in the length-constrained strings
+        # (request_id, memory_id), but not in `query`, whose length is checked below.
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

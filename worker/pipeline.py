@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import structlog
 
 from schemas.messages import (
@@ -88,7 +87,9 @@ async def process(
     live = [i for i, q in enumerate(batch) if not _past(q.request, started.wall)]
     requests = [batch[i].request for i in live]
     try:
-        vectors = await stages.embed([r.query for r in requests]) if live else _no_vectors()
+        if not live:  # nothing to embed, search or time
+            return [_expired(q, stages, "before work") for q in batch]
+        vectors = await stages.embed([r.query for r in requests])
     finally:
         if embedded is not None:
             embedded.set()
@@ -142,8 +143,6 @@ async def _search(
             observe=lambda memory_type, seconds: _observe_search(stages, memory_type, seconds),
         )
 
-    if not requests:
-        return []
     try:
         found: list[Hits | StoreUnavailable] = await with_deadlines(search, deadlines)
         return list(found)
@@ -210,10 +209,6 @@ def _expired(queued: Queued, stages: Stages, when: str) -> Refused:
 
 def _past(request: RetrievalRequest, now_wall: float) -> bool:
     return request.deadline_ms is not None and request.deadline_ms <= now_wall * 1000
-
-
-def _no_vectors() -> Vectors:
-    return np.zeros((0, 0), dtype=np.float32)
 
 
 def _observe_search(stages: Stages, memory_type: MemoryType, seconds: float) -> None:

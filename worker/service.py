@@ -58,15 +58,20 @@ async def process_and_settle(
     try:
         outcomes = await process_isolated(batch, stages, embedded)
     except asyncio.CancelledError:
-        back = NotNow("shutdown: cancelled after the grace period")
-        await asyncio.gather(*(settle(d.envelope, back) for d in batch))
+        await settle_each(settle, batch, [NotNow("shutdown: cancelled after the grace period")])
         raise
-    finally:
-        if embedded is not None:
-            embedded.set()
     observe(outcomes)
-    await asyncio.gather(*(settle(d.envelope, o) for d, o in zip(batch, outcomes, strict=True)))
+    await settle_each(settle, batch, outcomes)
     return outcomes
+
+
+async def settle_each(
+    settle: Settle, batch: Sequence[Delivery], outcomes: Sequence[Outcome]
+) -> None:
+    """Settle every delivery with its outcome, concurrently (one outcome: the same for all)."""
+    if len(outcomes) == 1:
+        outcomes = list(outcomes) * len(batch)
+    await asyncio.gather(*(settle(d.envelope, o) for d, o in zip(batch, outcomes, strict=True)))
 
 
 class Worker:
@@ -160,16 +165,14 @@ class Worker:
         assert self._settler is not None
         await process_and_settle(batch, self.stages, self._settler.settle, embedded, self._count)
 
-    async def _settle_all(self, batch: Sequence[Delivery], outcome: Outcome) -> None:
-        assert self._settler is not None
-        await asyncio.gather(*(self._settler.settle(d.envelope, outcome) for d in batch))
-
     async def _shutdown(self, consumer: Consumer) -> None:
         """Stop consuming, requeue what is only prefetched, let in-flight batches finish
         for the grace period, then cancel them (their deliveries go back to the queue)."""
         await consumer.stop()
         self._batcher.close()
-        await self._settle_all(self._batcher.drain(), NotNow("shutdown: only prefetched"))
+        assert self._settler is not None
+        drained = self._batcher.drain()
+        await settle_each(self._settler.settle, drained, [NotNow("shutdown: only prefetched")])
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
             for task in late:
