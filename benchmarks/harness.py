@@ -16,6 +16,7 @@ from benchmarks import celery_load, load
 from benchmarks.common import RESULTS, ROOT, percentiles, write_results
 from benchmarks.data import Workload, build_store
 from benchmarks.systems import CpuMeter, Running, naive, peak_rss_mb, recallq
+from worker.settings import WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,20 @@ FULL = Plan(idle_calls=200, saturated_s=30, open_loop_s=20)
 
 
 def embed_ceiling(workload: Workload, plan: Plan, batch: int = 64) -> dict[str, Any]:
-    """The model alone, encoding the workload's queries at the worker's batch size."""
+    """The model alone (the worker's backend), encoding the workload's queries in batches."""
     from worker.embed import Embedder
 
-    embedder = Embedder.load(device="auto")
+    embedder = Embedder.load(WorkerSettings().encoder_spec(), cache_size=0)
     texts = [q for q, _ in workload.queries(plan.ceiling_queries, salt="ceiling")]
     started = time.perf_counter()
     for i in range(0, len(texts), batch):
         embedder.encode(texts[i : i + batch])
     rate = len(texts) / (time.perf_counter() - started)
+    backend = embedder.description
     embedder.close()
     del embedder
     gc.collect()
-    return {"saturated_rps": round(rate, 1), "batch": batch}
+    return {"saturated_rps": round(rate, 1), "batch": batch, "backend": backend}
 
 
 async def measure_async(

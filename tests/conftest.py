@@ -12,7 +12,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from tests.oracle import Oracle
-from worker.embed import Embedder, bundled_model_path
+from worker.embed import Embedder, EncoderSpec, bundled_model_path
 from worker.ingest import ingest_file
 from worker.store import SQLiteStore
 
@@ -23,7 +23,7 @@ DEMO_QUESTIONS = ROOT / "data" / "demo" / "questions.json"
 
 @pytest.fixture(scope="session")
 def embedder() -> Iterator[Embedder]:
-    embedder = Embedder.load(device="cpu")
+    embedder = Embedder.load(EncoderSpec(device="cpu"))  # auto: ONNX Runtime, as deployed
     yield embedder
     embedder.close()
 

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit 0 once both request queues are empty and nothing is in flight",
     )
-    commands.add_parser("init", help="create the store's indexes and wait until they serve")
+    commands.add_parser(
+        "init", help="export the model to ONNX if needed; create the store's indexes and wait"
+    )
     ingest = commands.add_parser("ingest", help="embed and store memories from a JSONL file")
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--batch-size", type=int, default=64)
@@ -61,8 +63,7 @@ async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, Mem
     embedder = await asyncio.to_thread(
         partial(
             Embedder.load,
-            settings.embed_model,
-            settings.embed_device,
+            settings.encoder_spec(),
             warm_batch=settings.max_batch,
             cache_size=settings.embed_cache_size,
         )
@@ -83,7 +84,8 @@ async def _run(settings: WorkerSettings, *, burst: bool) -> None:
 
 
 async def _init(settings: WorkerSettings) -> None:
-    async with _opened(settings) as (_, store):
+    async with _opened(settings) as (embedder, store):
+        print(f"embedder ready: {embedder.description}")
         await store.ensure_indexes()
         await store.connect()
         print(f"store ready: {store.describe()}")

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schemas.settings import BrokerSettings
+from worker.encoders import EncoderSpec
 
 
 def _default_worker_id() -> str:
@@ -26,6 +27,22 @@ class WorkerSettings(BrokerSettings):
     )
     embed_device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         default="auto", description="Device for the embedder; auto = cuda, then mps, then cpu."
+    )
+    embed_backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="auto = ONNX Runtime on CPU, sentence-transformers (fp16) on CUDA.",
+    )
+    embed_quantize: Literal["none", "int8"] = Field(
+        default="none", description="int8 = dynamically quantised ONNX graph (faster, less exact)."
+    )
+    embed_export_dir: str = Field(
+        default="", description="ONNX export cache; empty = $XDG_CACHE_HOME/recallq/onnx."
+    )
+    embed_threads: int = Field(
+        default=0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per CPU."
+    )
+    embed_spinning: bool = Field(
+        default=False, description="Let idle ONNX Runtime threads spin (uses CPU the broker needs)."
     )
     embed_cache_size: int = Field(
         default=10_000, ge=0, description="Recent query vectors kept (LRU); 0 = no cache."
@@ -121,6 +138,17 @@ class WorkerSettings(BrokerSettings):
         gt=0,
         description="A delivery unsettled this long is logged, counted and makes /readyz 503.",
     )
+
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec(
+            model=self.embed_model,
+            device=self.embed_device,
+            backend=self.embed_backend,
+            quantize=self.embed_quantize,
+            cache_dir=self.embed_export_dir,
+            threads=self.embed_threads,
+            spinning=self.embed_spinning,
+        )
 
     @model_validator(mode="after")
     def _fill_prefetch(self) -> WorkerSettings:

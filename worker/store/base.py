@@ -6,12 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
 from schemas.messages import MemoryType
-
-Vectors = npt.NDArray[np.float32]
+from worker.vectors import Vectors as Vectors  # re-exported: the stores' array type
 
 
 @dataclass(frozen=True, slots=True)

