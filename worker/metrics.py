@@ -13,7 +13,9 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from worker.store.group_cache import GroupCacheStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -77,6 +79,10 @@ class Metrics:
             "recallq_returned_replies", "Replies the broker could not route.", registry=r
         )
 
+    def watch_store_cache(self, stats: Callable[[], GroupCacheStats]) -> None:
+        """The embedded store's group cache: size against its bound, and how often it hits."""
+        self.registry.register(_StoreCacheCollector(stats))
+
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
         """`stats()` gives (lookups, hits) of the embedding cache."""
         self._cache_stats = stats
@@ -98,6 +104,26 @@ class _CacheCollector:
         )
         yield GaugeMetricFamily(
             "recallq_embed_cache_lookups", "Query texts looked up in the cache.", value=lookups
+        )
+
+
+class _StoreCacheCollector:
+    def __init__(self, stats: Callable[[], GroupCacheStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        prefix = "recallq_store_cache"
+        yield GaugeMetricFamily(f"{prefix}_bytes", "Bytes of groups held.", value=s.bytes)
+        yield GaugeMetricFamily(f"{prefix}_groups", "Groups held.", value=s.groups)
+        yield GaugeMetricFamily(
+            f"{prefix}_hit_ratio", "Share of group lookups served from memory.",
+            value=s.hits / s.lookups if s.lookups else 0.0,
+        )  # fmt: skip
+        yield CounterMetricFamily(f"{prefix}_lookups", "Group lookups.", value=s.lookups)
+        yield CounterMetricFamily(f"{prefix}_hits", "Lookups served from memory.", value=s.hits)
+        yield CounterMetricFamily(
+            f"{prefix}_evictions", "Groups dropped to stay under the byte bound.", value=s.evictions
         )
 
 

@@ -30,6 +30,7 @@ from worker.pipeline import Stages, process_isolated
 from worker.reply import Settler
 from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore
+from worker.store.sqlite import SQLiteStore
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
@@ -85,6 +86,8 @@ class Worker:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
+        if isinstance(store, SQLiteStore):
+            self.metrics.watch_store_cache(lambda: store.cache.stats)
         self.unsettled = Unsettled(settings.unsettled_limit_s, self.metrics.unsettled_too_long.inc)
         self.metrics.in_flight.set_function(lambda: len(self.unsettled))
         self.stages = Stages(

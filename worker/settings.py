@@ -78,6 +78,11 @@ class WorkerSettings(BrokerSettings):
         gt=0,
         description="How long store errors are retried for a request without a deadline.",
     )
+    sqlite_cache_mb: float = Field(
+        default=512.0,
+        ge=0,
+        description="Embedded store: MiB of loaded (type, memory_id) groups kept; LRU beyond.",
+    )
     mongo_database: str = Field(
         default="recallq",
         pattern=r"^[A-Za-z0-9_-]{1,63}$",

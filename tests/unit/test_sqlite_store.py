@@ -102,3 +102,36 @@ async def test_group_lookup_uses_the_owner_index(store: SQLiteStore) -> None:
     plan = plan.fetchall()
     connection.close()
     assert "memories_by_owner" in str(plan)
+
+
+async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(11)
+    small = SQLiteStore(tmp_path / "small.db", cache_bytes=4_000)  # about two groups of 5
+    owners = [f"tenant-{i}" for i in range(12)]
+    expected: dict[str, list[str]] = {}
+    query = vectors(rng, 1)
+    for owner in owners:
+        owned, matrix = memories(owner, MemoryType.CONVERSATION, 5), vectors(rng, 5)
+        await small.upsert(owned, matrix)
+        expected[owner] = [owned[i].id for i in np.argsort(-(matrix @ query[0]))[:3]]
+    for _ in range(3):  # round robin: every lookup past the first two is a miss
+        for owner in owners:
+            group = SearchGroup(MemoryType.CONVERSATION, owner, query, (3,))
+            [[hits]] = await small.search([group])
+            assert [c.memory.id for c in hits] == expected[owner]
+            assert small.cache.stats.bytes <= 4_000
+    stats = small.cache.stats
+    assert stats.lookups == 36 and stats.evictions > 0 and 0 < stats.groups < 12
+    await small.close()
+
+
+async def test_a_group_larger_than_the_whole_bound_is_served_and_not_kept(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    tiny = SQLiteStore(tmp_path / "tiny.db", cache_bytes=100)
+    await tiny.upsert(memories("big", MemoryType.LONG_TERM, 20), vectors(rng, 20))
+    [[hits]] = await tiny.search([SearchGroup(MemoryType.LONG_TERM, "big", vectors(rng, 1), (4,))])
+    assert len(hits) == 4
+    assert tiny.cache.stats.groups == 0 and tiny.cache.stats.bytes == 0
+    await tiny.close()

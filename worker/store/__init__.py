@@ -30,7 +30,7 @@ def open_store(settings: WorkerSettings, dimensions: int) -> MemoryStore:
         path = settings.store_url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError("sqlite store URL needs a path: sqlite:///./recallq.db")
-        return SQLiteStore(Path(path))
+        return SQLiteStore(Path(path), cache_bytes=int(settings.sqlite_cache_mb * 2**20))
     if scheme in ("mongodb", "mongodb+srv"):
         from worker.store.mongo import MongoStore
 

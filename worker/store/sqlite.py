@@ -2,9 +2,11 @@
 
 All database work runs on one dedicated thread, so the event loop never blocks
 and the connection is never shared between threads. Each (memory type,
-memory_id) group is loaded once into a float32 matrix and cached; the cache is
-dropped when this store upserts or when `PRAGMA data_version` shows another
-process (an ingest) committed.
+memory_id) group is loaded once into a float32 matrix plus its rows (without
+the embedding blobs) and cached, bounded in bytes; a memory is built from its
+row only when it is a candidate (building all of them was 70% of a group load).
+The cache is dropped when this store upserts or when `PRAGMA data_version`
+shows another process (an ingest) committed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +26,7 @@ from schemas.messages import MemoryType
 from worker.errors import StoreUnavailable
 from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
+from worker.store.group_cache import GroupCache
 
 T = TypeVar("T")
 
@@ -53,19 +56,21 @@ COLUMNS = (
 GROUP_QUERY = f"SELECT {COLUMNS} FROM memories WHERE memory_type = ? AND memory_id = ?"
 
 GroupKey = tuple[MemoryType, str]
-GroupData = tuple[list[Memory], Vectors]
+Row = tuple[Any, ...]
+GroupData = tuple[list[Row], Vectors]  # rows without their embedding, and the embeddings
+ROW_OVERHEAD_BYTES = 350  # a 9-field tuple, its floats and small strings, beyond the texts
+DEFAULT_CACHE_BYTES = 512 * 2**20
 
 
 class SQLiteStore:
     def __init__(
-        self, path: Path, *, max_cached_groups: int = 4096, busy_timeout_s: float = 5.0
+        self, path: Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES, busy_timeout_s: float = 5.0
     ) -> None:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._cache: OrderedDict[GroupKey, GroupData] = OrderedDict()
-        self._max_cached_groups = max_cached_groups
+        self.cache: GroupCache[GroupData] = GroupCache(cache_bytes)
         self._data_version = -1
 
     async def connect(self) -> None:
@@ -116,38 +121,42 @@ class SQLiteStore:
             conn.executemany(
                 f"INSERT OR REPLACE INTO memories ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
             )
-        self._cache.clear()
+        self.cache.clear()
 
     def _search_groups(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         conn = self._connection()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another connection committed
-            self._cache.clear()
+            self.cache.clear()
             self._data_version = version
         results = []
         for group in groups:
-            memories, matrix = self._group(conn, group.memory_type, group.memory_id)
-            results.append(score_group(memories, matrix, group.vectors, group.ks))
+            rows, matrix = self._group(conn, group.memory_type, group.memory_id)
+            at = partial(_memory_at, rows)
+            results.append(score_group(at, matrix, group.vectors, group.ks))
         return results
 
     def _group(
         self, conn: sqlite3.Connection, memory_type: MemoryType, memory_id: str
     ) -> GroupData:
         key = (memory_type, memory_id)
-        cached = self._cache.get(key)
+        cached = self.cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         rows = conn.execute(GROUP_QUERY, (memory_type.value, memory_id)).fetchall()
-        memories = [_memory(row) for row in rows]
-        if rows:
-            matrix = np.vstack([np.frombuffer(row[9], dtype=np.float32) for row in rows])
-        else:
-            matrix = np.zeros((0, 0), dtype=np.float32)
-        self._cache[key] = (memories, matrix)
-        if len(self._cache) > self._max_cached_groups:
-            self._cache.popitem(last=False)
-        return memories, matrix
+        blobs = b"".join([row[9] for row in rows])
+        matrix = np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1) if rows else EMPTY
+        kept = [row[:9] for row in rows]
+        size = matrix.nbytes + sum(ROW_OVERHEAD_BYTES + len(r[3]) + len(r[4] or "") for r in kept)
+        self.cache.put(key, (kept, matrix), size)
+        return kept, matrix
+
+
+EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+def _memory_at(rows: list[Row], index: int) -> Memory:
+    return _memory(rows[index])
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
