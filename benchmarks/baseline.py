@@ -1,7 +1,9 @@
 """The "before": retrieval one request at a time, as an agent library does it inline.
 
 Embed the one query, then for each memory type in turn fetch the tenant's rows
-and score them, rank, answer. Both the naive worker and the Celery task run this.
+and score them, rank, answer. Both the naive worker and the Celery task run this:
+the naive worker with sentence-transformers on torch (the seed's "before"), Celery
+with the same embedder backend as recallq (that comparison is about architecture).
 """
 
 from __future__ import annotations
@@ -14,22 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse, Timings
-from worker.embed import bundled_model_path
+from worker.encoders import EncoderSpec, load_encoder
 from worker.rank import rank
 from worker.store import Candidate, Memory
 
 
 class BaselineRetriever:
-    def __init__(self, db_path: Path) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self._model = SentenceTransformer(bundled_model_path(), device="cpu")
+    def __init__(self, db_path: Path, spec: EncoderSpec) -> None:
+        self._encoder = load_encoder(spec)
         self._db = sqlite3.connect(db_path, check_same_thread=False)
-        self._model.encode(["warm-up"])
+        self._encoder.encode(["warm-up"])
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResponse:
         started = time.perf_counter()
-        vector = self._model.encode([request.query], normalize_embeddings=True)[0]
+        vector = self._encoder.encode([request.query])[0]
         embedded = time.perf_counter()
         results = {
             memory_type: rank(

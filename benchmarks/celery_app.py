@@ -7,6 +7,7 @@ RECALLQ_BENCH_DB naming the SQLite file. Each prefork process loads the model on
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,15 @@ def _load_model(**_: Any) -> None:
     import torch
 
     from benchmarks.baseline import BaselineRetriever
+    from worker.settings import WorkerSettings
 
-    # One process per core, so one torch thread per process: with torch's default
-    # (a thread per core in every process) the processes' OpenMP teams fight over
-    # the cores and Celery ran 5x slower here. The baseline gets its best setting.
+    # One process per core, so one model thread per process: with the default (a
+    # thread per core in every process) the processes' thread teams fight over the
+    # cores and Celery ran 5x slower here. The baseline gets its best setting, and
+    # the same embedder backend as recallq.
     torch.set_num_threads(1)
-    _retriever = BaselineRetriever(Path(os.environ["RECALLQ_BENCH_DB"]))
+    spec = replace(WorkerSettings().encoder_spec(), threads=1)
+    _retriever = BaselineRetriever(Path(os.environ["RECALLQ_BENCH_DB"]), spec)
 
 
 @app.task(name="recallq_bench.retrieve")

@@ -43,7 +43,9 @@ def celery_worker(db: Path, processes: int) -> Iterator[tuple[Any, int]]:
         "-P", "prefork", "-c", str(processes), "--loglevel", "WARNING", "--without-gossip",
         "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         yield celery_app.retrieve, process.pid
     finally:
@@ -75,7 +77,9 @@ def saturated(task: Any, queries: Iterator[Query], in_flight: int, seconds: floa
     return done / (time.perf_counter() - started)
 
 
-def open_loop(task: Any, queries: Iterator[Query], rate: float, seconds: float) -> list[float]:
+def open_loop(
+    task: Any, queries: Iterator[Query], rate: float, seconds: float
+) -> tuple[list[float], float]:
     """Send on schedule; latency = the worker's completion time less the send time."""
     sent = []
     start = time.perf_counter()
@@ -84,9 +88,10 @@ def open_loop(task: Any, queries: Iterator[Query], rate: float, seconds: float) 
         if delay > 0:
             time.sleep(delay)  # the schedule itself, not synchronisation
         sent.append((time.time(), task.apply_async((body(*next(queries)),))))
-    latencies = []
+    latencies, last = [], 0.0
     for sent_at, result in sent:
         result.get(timeout=300)
         done = result.date_done.replace(tzinfo=UTC).timestamp()
         latencies.append((done - sent_at) * 1000)
-    return latencies
+        last = max(last, done)
+    return latencies, last - sent[0][0]

@@ -1,5 +1,7 @@
-"""`python -m benchmarks run [--quick]`: embed ceiling, naive, Celery and recallq on one
-workload, in one run; the table, the ratios and the JSON under benchmarks/results/."""
+"""`python -m benchmarks run [--quick]`: the embed ceiling, naive, Celery and recallq on
+two workloads (100 and 2,000 tenants), in one run: idle latency, saturated throughput,
+latency at fixed offered rates and SLO capacity; int8 against fp32; a steady-load soak
+for RSS. Writes the JSON, the table and a plot per workload under benchmarks/results/."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import celery_load, load
+from benchmarks import celery_load, load, plots, quantize, report, soak
 from benchmarks.common import RESULTS, ROOT, percentiles, write_results
+from benchmarks.curves import RATES, latency_curve, slo_capacity
 from benchmarks.data import Workload, build_store
 from benchmarks.systems import CpuMeter, Running, naive, peak_rss_mb, recallq
 from worker.settings import WorkerSettings
@@ -23,25 +26,34 @@ from worker.settings import WorkerSettings
 class Plan:
     idle_calls: int
     saturated_s: float
-    open_loop_s: float
+    rate_s: float  # seconds at each offered rate
+    rates: tuple[float, ...] = RATES
+    workloads: tuple[Workload, ...] = (Workload(), Workload(tenants=2000))
+    soak_s: float = 600.0
+    soak_rps: float = 80.0
     in_flight: int = 256
     warm_calls: int = 20
     ceiling_queries: int = 2048
 
 
-QUICK = Plan(idle_calls=20, saturated_s=8, open_loop_s=5, ceiling_queries=512)
-FULL = Plan(idle_calls=200, saturated_s=30, open_loop_s=20)
+QUICK = Plan(
+    idle_calls=10, saturated_s=4, rate_s=2, rates=(25, 100),
+    workloads=(Workload(),), soak_s=0, ceiling_queries=256,
+)  # fmt: skip
+FULL = Plan(idle_calls=200, saturated_s=30, rate_s=10)
 
 
-def embed_ceiling(workload: Workload, plan: Plan, batch: int = 64) -> dict[str, Any]:
-    """The model alone (the worker's backend), encoding the workload's queries in batches."""
+async def embed_ceiling(workload: Workload, plan: Plan, batch: int = 64) -> dict[str, Any]:
+    """The model alone, as the worker runs it (its backend, its lanes side by side),
+    encoding the workload's queries in batches of `batch`."""
     from worker.embed import Embedder
 
     embedder = Embedder.load(WorkerSettings().encoder_spec(), cache_size=0)
     texts = [q for q, _ in workload.queries(plan.ceiling_queries, salt="ceiling")]
     started = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        embedder.encode(texts[i : i + batch])
+    await asyncio.gather(
+        *(embedder.embed(texts[i : i + batch]) for i in range(0, len(texts), batch))
+    )
     rate = len(texts) / (time.perf_counter() - started)
     backend = embedder.description
     embedder.close()
@@ -60,10 +72,13 @@ async def measure_async(
         meter = CpuMeter(system.pid)
         rate = await load.saturated(system.call, queries, plan.in_flight, plan.saturated_s)
         cpu = meter.percent_of_one_core()
-        at_50 = await load.open_loop(system.call, queries, rate * 0.5, plan.open_loop_s)
-        at_80 = await load.open_loop(system.call, queries, rate * 0.8, plan.open_loop_s)
+
+        async def at_rate(offered: float) -> tuple[list[float], float]:
+            return await load.open_loop(system.call, queries, offered, plan.rate_s)
+
+        curve = await latency_curve(at_rate, plan.rates)
         rss = peak_rss_mb(system.pid)
-    return {**summarise(idle, rate, at_50, at_80, rss), "saturated_cpu_percent": cpu}
+    return summarise(idle, rate, curve, rss, cpu)
 
 
 def measure_celery(db: Path, workload: Workload, plan: Plan) -> dict[str, Any]:
@@ -75,94 +90,84 @@ def measure_celery(db: Path, workload: Workload, plan: Plan) -> dict[str, Any]:
         meter = CpuMeter(pid)
         rate = celery_load.saturated(task, queries, plan.in_flight, plan.saturated_s)
         cpu = meter.percent_of_one_core()
-        at_50 = celery_load.open_loop(task, queries, rate * 0.5, plan.open_loop_s)
-        at_80 = celery_load.open_loop(task, queries, rate * 0.8, plan.open_loop_s)
+
+        async def at_rate(offered: float) -> tuple[list[float], float]:
+            return celery_load.open_loop(task, queries, offered, plan.rate_s)
+
+        curve = asyncio.run(latency_curve(at_rate, plan.rates))
         rss = peak_rss_mb(pid)
-    result = summarise(idle, rate, at_50, at_80, rss)
-    result["processes"] = processes
-    result["saturated_cpu_percent"] = cpu
-    return result
+    return {**summarise(idle, rate, curve, rss, cpu), "processes": processes}
 
 
 def summarise(
-    idle: list[float], rate: float, at_50: list[float], at_80: list[float], rss: float
+    idle: list[float], rate: float, curve: list[dict[str, Any]], rss: float, cpu: dict[str, float]
 ) -> dict[str, Any]:
     return {
         "saturated_rps": round(rate, 1),
+        "slo_capacity_rps": slo_capacity(curve),
         "idle_ms": percentiles(idle),
-        "load50_ms": percentiles(at_50),
-        "load80_ms": percentiles(at_80),
+        "curve": curve,
         "peak_rss_mb": rss,
+        "saturated_cpu_percent": cpu,
     }
 
 
-def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, float]:
-    ours = systems["recallq"]
-    return {
-        "recallq_vs_naive_throughput": round(
-            ours["saturated_rps"] / systems["naive"]["saturated_rps"], 2
-        ),
-        "recallq_vs_celery_throughput": round(
-            ours["saturated_rps"] / systems["celery"]["saturated_rps"], 2
-        ),
-        "recallq_vs_embed_ceiling": round(
-            ours["saturated_rps"] / systems["embed_ceiling"]["saturated_rps"], 2
-        ),
-        "recallq_vs_naive_idle_p50": round(
-            ours["idle_ms"]["p50"] / systems["naive"]["idle_ms"]["p50"], 2
-        ),
-    }
-
-
-def render(systems: dict[str, dict[str, Any]], ratio: dict[str, float]) -> str:
-    header = (
-        "| system | saturated req/s | idle p50 / p95 / p99 ms | 50% load p50 / p99 ms "
-        "| 80% load p50 / p99 ms | peak RSS MiB | CPU % at saturation: system / broker / load |"
-    )
-    lines = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in systems.items():
-        if name == "embed_ceiling":
-            lines.append(f"| embed_ceiling (batch {r['batch']}) | {r['saturated_rps']} | | | | | |")
-            continue
-        idle, l50, l80 = r["idle_ms"], r["load50_ms"], r["load80_ms"]
-        cpu = r["saturated_cpu_percent"]
-        lines.append(
-            f"| {name} | {r['saturated_rps']} | {idle['p50']} / {idle['p95']} / {idle['p99']} "
-            f"| {l50['p50']} / {l50['p99']} | {l80['p50']} / {l80['p99']} | {r['peak_rss_mb']} "
-            f"| {cpu['system']} / {cpu['broker']} / {cpu['load_generator']} |"
-        )
-    lines.append("")
-    lines.extend(f"- {key}: {value}" for key, value in ratio.items())
-    return "\n".join(lines)
-
-
-async def run(plan: Plan) -> dict[str, Any]:
-    workload = Workload()
+async def run_workload(workload: Workload, plan: Plan, ceiling: dict[str, Any]) -> dict[str, Any]:
     db = await build_store(workload, ROOT / ".bench-cache")
-    systems: dict[str, dict[str, Any]] = {"embed_ceiling": embed_ceiling(workload, plan)}
-    print(f"embed_ceiling: {systems['embed_ceiling']['saturated_rps']} queries/s", flush=True)
+    systems: dict[str, dict[str, Any]] = {"embed_ceiling": ceiling}
     systems["naive"] = await measure_async(naive, db, workload, plan)
-    print(f"naive: {systems['naive']['saturated_rps']} req/s", flush=True)
+    print(f"{workload.name} naive: {brief(systems['naive'])}", flush=True)
     systems["celery"] = await asyncio.to_thread(measure_celery, db, workload, plan)
-    print(f"celery: {systems['celery']['saturated_rps']} req/s", flush=True)
+    print(f"{workload.name} celery: {brief(systems['celery'])}", flush=True)
     systems["recallq"] = await measure_async(recallq, db, workload, plan)
-    print(f"recallq: {systems['recallq']['saturated_rps']} req/s", flush=True)
-    return {"systems": systems, "ratios": ratios(systems)}
+    print(f"{workload.name} recallq: {brief(systems['recallq'])}", flush=True)
+    return {"workload": describe(workload), "systems": systems, "ratios": report.ratios(systems)}
 
 
-def main(quick: bool, results_dir: Path = RESULTS) -> None:
-    plan = QUICK if quick else FULL
-    workload = Workload()
-    results = asyncio.run(run(plan))
-    results["workload"] = {
+def brief(system: dict[str, Any]) -> str:
+    return f"{system['saturated_rps']} req/s saturated, SLO capacity {system['slo_capacity_rps']}"
+
+
+def describe(workload: Workload) -> dict[str, Any]:
+    return {
+        "name": workload.name,
         "tenants": workload.tenants,
         "memory_types": 3,
         "memories_per_type": workload.per_type,
         "memories": workload.tenants * 3 * workload.per_type,
         "limits": "5 per memory type (3 types)",
-        "queries": "unique texts",
+        "queries": "unique texts, tenants drawn uniformly",
     }
-    results["plan"] = {**plan.__dict__, "quick": quick}
+
+
+async def run(plan: Plan) -> dict[str, Any]:
+    ceiling = await embed_ceiling(plan.workloads[0], plan)
+    print(f"embed_ceiling ({ceiling['backend']}): {ceiling['saturated_rps']} queries/s", flush=True)
+    runs = [await run_workload(workload, plan, ceiling) for workload in plan.workloads]
+    results: dict[str, Any] = {"workloads": runs}
+    results["int8"] = await asyncio.to_thread(int8_against_fp32)
+    print(f"int8: {results['int8']}", flush=True)
+    if plan.soak_s:
+        db = await build_store(plan.workloads[-1], ROOT / ".bench-cache")
+        results["soak"] = await soak.steady(db, plan.workloads[-1], plan.soak_rps, plan.soak_s)
+        print(f"soak: {results['soak']['rss_mb']}", flush=True)
+    return results
+
+
+def int8_against_fp32() -> dict[str, Any]:
+    fp32 = replace(WorkerSettings().encoder_spec(), backend="onnx", quantize="none")
+    return quantize.compare(replace(fp32, quantize="int8"), fp32)
+
+
+def main(quick: bool, results_dir: Path = RESULTS) -> None:
+    plan = QUICK if quick else FULL
+    results = asyncio.run(run(plan))
+    results["plan"] = {**asdict(plan), "quick": quick}
     path = write_results("quick" if quick else "run", results, results_dir)
-    print(render(results["systems"], results["ratios"]))
+    for workload in results["workloads"]:
+        picture = plots.latency_plot(
+            workload, path.with_suffix(f".{workload['workload']['name']}.png")
+        )
+        print(report.render(workload))
+        print(f"plot: {picture}")
     print(f"written to {path}")

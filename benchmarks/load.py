@@ -42,8 +42,9 @@ async def saturated(
 
 async def open_loop(
     call: Call, queries: Iterator[tuple[str, str]], rate: float, seconds: float
-) -> list[float]:
-    """Latencies of requests sent at a fixed `rate`, whatever the replies do."""
+) -> tuple[list[float], float]:
+    """Latencies of requests sent at a fixed `rate`, whatever the replies do, and the
+    seconds from the first send to the last reply."""
     latencies: list[float] = []
 
     async def timed(query: str, memory_id: str) -> None:
@@ -59,4 +60,4 @@ async def open_loop(
             await asyncio.sleep(delay)  # the schedule itself, not synchronisation
         tasks.append(asyncio.create_task(timed(*next(queries))))
     await asyncio.gather(*tasks)
-    return latencies
+    return latencies, time.perf_counter() - start

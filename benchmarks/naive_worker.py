@@ -17,11 +17,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from benchmarks.baseline import BaselineRetriever
 from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, RetrievalRequest
 from schemas.settings import BrokerSettings
+from worker.encoders import EncoderSpec
 
 
 async def serve(db_path: Path) -> None:
     settings = BrokerSettings()
-    retriever = BaselineRetriever(db_path)
+    retriever = BaselineRetriever(db_path, EncoderSpec(device="cpu", backend="torch"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

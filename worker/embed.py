@@ -1,9 +1,11 @@
-"""The embedder: one backend (ONNX Runtime or torch), loaded once, run on its own thread.
+"""The embedder: one or more model lanes (ONNX Runtime or torch), each on its own thread.
 
-Every model call (load, warm-up, encode) runs on one dedicated thread. That keeps
-the event loop free while a batch encodes, and it matters for speed as much: each
-thread that calls torch gets its own OpenMP team, and two teams on one CPU make
-every encode about twice as slow (measured here: 5.6 ms -> 12 ms for one query).
+A lane is one loaded model and the one thread that calls it (load, warm-up,
+encode). That keeps the event loop free while a batch encodes. On CPU the
+default is one single-threaded lane per core rather than one lane with a thread
+per core: batches run side by side, and when the broker or the event loop takes
+a core, one lane slows instead of every op in the model waiting for a stalled
+thread (measured here: see README, "embedder lanes"). On CUDA there is one lane.
 Identical texts in a batch are encoded once, and recent texts come from an LRU
 cache of their vectors (agents repeat queries: the same turn retried, the same
 question asked of several memory types or by several replicas of one agent).
@@ -12,20 +14,39 @@ question asked of several memory types or by several replicas of one agent).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
 
-from worker.encoders import Encoder, EncoderSpec, bundled_model_path, load_encoder
+from worker.encoders import Encoder, EncoderSpec, bundled_model_path, load_encoder, resolved
 from worker.vectors import Vectors
 
 __all__ = ["CacheStats", "Embedder", "EncoderSpec", "bundled_model_path"]
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One loaded model and the one thread that ever calls it."""
+
+    encoder: Encoder
+    thread: ThreadPoolExecutor
+
+    @classmethod
+    def start(cls, spec: EncoderSpec, index: int) -> Lane:
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recallq-embed-{index}")
+        return cls(thread.submit(load_encoder, spec).result(), thread)
+
+    def run(self, work: Callable[..., T], *args: Any) -> T:
+        return self.thread.submit(work, *args).result()
 
 
 @dataclass
@@ -39,33 +60,43 @@ class CacheStats:
 
 
 class Embedder:
-    def __init__(
-        self, encoder: Encoder, executor: ThreadPoolExecutor, cache_size: int = 10_000
-    ) -> None:
-        self._encoder = encoder
-        self._executor = executor
-        self._cache: OrderedDict[str, Vectors] = OrderedDict()  # touched on the embed thread only
+    def __init__(self, lanes: Sequence[Lane], cache_size: int = 10_000) -> None:
+        self._lanes = list(lanes)
+        self._free: asyncio.Queue[Lane] | None = None  # made on first use, on the loop
+        self._cache: OrderedDict[str, Vectors] = OrderedDict()
+        self._cache_lock = threading.Lock()  # lanes run on their own threads
         self._cache_size = cache_size
         self.cache_stats = CacheStats()
-        self.description = encoder.description
-        self.dimensions = encoder.dimensions
-        self.max_tokens = encoder.max_tokens
+        first = self._lanes[0].encoder
+        self.description = first.description + (f" x{len(lanes)}" if len(lanes) > 1 else "")
+        self.dimensions = first.dimensions
+        self.max_tokens = first.max_tokens
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
 
     @classmethod
     def load(
-        cls, spec: EncoderSpec | None = None, *, warm_batch: int = 64, cache_size: int = 10_000
+        cls,
+        spec: EncoderSpec | None = None,
+        *,
+        warm_batch: int = 64,
+        cache_size: int = 10_000,
     ) -> Embedder:
-        """Load the backend on the embed thread and warm it up; blocking."""
-        spec = spec or EncoderSpec()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-embed")
-        encoder = executor.submit(load_encoder, spec).result()
-        embedder = cls(encoder, executor, cache_size)
+        """Load the spec's lanes (copies of the backend, each on its thread), warm them;
+        blocking."""
+        spec = resolved(spec or EncoderSpec())
+        loaded = [Lane.start(spec, index) for index in range(spec.lanes)]
+        embedder = cls(loaded, cache_size)
         # The largest batch shape once, so the first real batch pays no allocation or autotune.
         longest = " ".join(["memory"] * embedder.max_tokens)
-        warm = warm_batch if "cuda" in encoder.description else 8
-        embedder.encode([f"{longest} {i}" for i in range(warm)])
+        warm = warm_batch if "cuda" in embedder.description else 8
+        for lane in loaded:
+            lane.run(lane.encoder.encode, [f"{longest} {i}" for i in range(warm)])
         log.info("embedder loaded", model=spec.model or "bundled all-MiniLM-L6-v2",
-                 backend=encoder.description, dimensions=embedder.dimensions)  # fmt: skip
+                 backend=embedder.description, threads_per_lane=spec.threads,
+                 dimensions=embedder.dimensions)  # fmt: skip
         return embedder
 
     def count_tokens(self, text: str) -> int:
@@ -77,42 +108,57 @@ class Embedder:
         return min(self.max_tokens, 2 + len(text) // 3)
 
     def encode(self, texts: Sequence[str]) -> Vectors:
-        """L2-normalised float32 vectors, one row per text (blocking; runs on the embed thread)."""
-        return self._executor.submit(self._encode, list(texts)).result()
+        """Unit-length float32 vectors, one row per text (blocking; on the first lane)."""
+        lane = self._lanes[0]
+        return lane.run(self._encode, lane.encoder, list(texts))
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._encode, list(texts))
+        """The same, on whichever lane is free first (waiting for one if none is)."""
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for lane in self._lanes:
+                self._free.put_nowait(lane)
+        lane = await self._free.get()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(lane.thread, self._encode, lane.encoder, list(texts))
+        finally:
+            self._free.put_nowait(lane)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        for lane in self._lanes:
+            lane.thread.shutdown(wait=True)
 
-    def _encode(self, texts: list[str]) -> Vectors:
+    def _encode(self, encoder: Encoder, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         unique = dict.fromkeys(texts)
         found = self._from_cache(unique)
         missing = [text for text in unique if text not in found]
         if missing:
-            for text, vector in zip(missing, self._encoder.encode(missing), strict=True):
+            vectors = encoder.encode(missing)
+            for text, vector in zip(missing, vectors, strict=True):
                 found[text] = vector
-                self._remember(text, vector)
+            self._remember(missing, vectors)
         return np.ascontiguousarray(np.stack([found[text] for text in texts]), dtype=np.float32)
 
     def _from_cache(self, unique: dict[str, None]) -> dict[str, Vectors]:
         found = {}
-        self.cache_stats.lookups += len(unique)
-        for text in unique:
-            vector = self._cache.get(text)
-            if vector is not None:
-                self._cache.move_to_end(text)
-                found[text] = vector
-        self.cache_stats.hits += len(found)
+        with self._cache_lock:
+            self.cache_stats.lookups += len(unique)
+            for text in unique:
+                vector = self._cache.get(text)
+                if vector is not None:
+                    self._cache.move_to_end(text)
+                    found[text] = vector
+            self.cache_stats.hits += len(found)
         return found
 
-    def _remember(self, text: str, vector: Vectors) -> None:
+    def _remember(self, texts: list[str], vectors: Vectors) -> None:
         if self._cache_size <= 0:
             return
-        self._cache[text] = vector.copy()  # a row view would pin its whole batch matrix
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                self._cache[text] = vector.copy()  # a row view would pin its whole batch
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)

@@ -100,6 +100,7 @@ class Worker:
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
         )
         self._count_tokens = embedder.count_tokens
+        self._lanes_free = asyncio.Semaphore(embedder.lanes)
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
@@ -154,19 +155,32 @@ class Worker:
                 self.health.stop()
 
     async def _serve(self) -> None:
-        """Next batch -> process -> settle, until the batcher closes."""
-        while batch := await self._batcher.next_batch():
-            embedded = asyncio.Event()
-            task = self._spawn(self._process_and_settle(batch, embedded))
-            waiting = asyncio.ensure_future(embedded.wait())
-            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+        """Next batch -> process -> settle, until the batcher closes.
 
-    async def _process_and_settle(self, batch: list[Delivery], embedded: asyncio.Event) -> None:
+        A batch is taken only when a model lane is free, so requests that arrive while
+        every lane is busy join the next batch instead of queueing behind it.
+        """
+        while True:
+            await self._lanes_free.acquire()
+            batch = await self._batcher.next_batch()
+            if not batch:
+                self._lanes_free.release()
+                return
+            self._spawn(self._process_and_settle(batch))
+
+    async def _process_and_settle(self, batch: list[Delivery]) -> None:
         structlog.contextvars.bind_contextvars(batch_id=next(self._batch_ids))
         self._observe_batch(batch)
         assert self._settler is not None
-        await process_and_settle(batch, self.stages, self._settler.settle, embedded, self._count)
+        embedded = asyncio.Event()
+        lane_done = asyncio.ensure_future(embedded.wait())
+        lane_done.add_done_callback(lambda _: self._lanes_free.release())  # exactly once
+        try:
+            await process_and_settle(
+                batch, self.stages, self._settler.settle, embedded, self._count
+            )
+        finally:
+            lane_done.cancel()
 
     async def _shutdown(self, consumer: Consumer) -> None:
         """Stop consuming, requeue what is only prefetched, let in-flight batches finish

@@ -38,8 +38,17 @@ class WorkerSettings(BrokerSettings):
     embed_export_dir: str = Field(
         default="", description="ONNX export cache; empty = $XDG_CACHE_HOME/recallq/onnx."
     )
+    embed_lanes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Model copies encoding side by side; 0 = one per CPU (ONNX on CPU), else 1.",
+    )
     embed_threads: int = Field(
-        default=0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per CPU."
+        default=0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads per lane; 0 = CPUs / lanes.",
     )
     embed_spinning: bool = Field(
         default=False, description="Let idle ONNX Runtime threads spin (uses CPU the broker needs)."
@@ -151,6 +160,7 @@ class WorkerSettings(BrokerSettings):
             backend=self.embed_backend,
             quantize=self.embed_quantize,
             cache_dir=self.embed_export_dir,
+            lanes=self.embed_lanes,
             threads=self.embed_threads,
             spinning=self.embed_spinning,
         )

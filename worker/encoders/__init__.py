@@ -8,8 +8,9 @@ called from the embedder's one thread.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,7 +41,8 @@ class EncoderSpec:
     backend: Backend = "auto"
     quantize: Quantize = "none"
     cache_dir: str = ""  # "" = $XDG_CACHE_HOME/recallq/onnx
-    threads: int = 0  # ONNX intra-op threads; 0 = one per CPU
+    lanes: int = 0  # model copies run side by side; 0 = one per CPU (ONNX on CPU), else 1
+    threads: int = 0  # ONNX intra-op threads per lane; 0 = the CPUs shared among the lanes
     spinning: bool = False
 
 
@@ -52,8 +54,11 @@ def bundled_model_path() -> str:
 
 
 def pick_device(requested: str) -> str:
+    """auto: cuda, then mps, then cpu; torch is imported only where a GPU could be."""
     if requested != "auto":
         return requested
+    if not Path("/proc/driver/nvidia/version").exists() and sys.platform != "darwin":
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():
@@ -67,6 +72,16 @@ def pick_backend(spec: EncoderSpec, device: str) -> Literal["onnx", "torch"]:
     if spec.backend != "auto":
         return spec.backend
     return "onnx" if device == "cpu" else "torch"
+
+
+def resolved(spec: EncoderSpec) -> EncoderSpec:
+    """The spec with device, backend, lanes and threads decided."""
+    device = pick_device(spec.device)
+    backend = pick_backend(spec, device)
+    cpus = os.cpu_count() or 1
+    lanes = spec.lanes or (cpus if backend == "onnx" and device == "cpu" else 1)
+    threads = spec.threads or max(1, cpus // lanes)
+    return replace(spec, device=device, backend=backend, lanes=lanes, threads=threads)
 
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
