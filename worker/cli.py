@@ -5,22 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
 from worker.embed import Embedder
-from worker.errors import RecallqError
+from worker.errors import ConfigError, RecallqError
 from worker.ingest import ingest_file
 from worker.logs import configure_logging
 from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore, open_store
+from worker.threads import name_main_thread
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "run":
-            asyncio.run(_run(settings, burst=args.burst))
+            name_main_thread()
+            run_on_loop(_run(settings, burst=args.burst), settings.event_loop)
         elif args.command == "init":
             asyncio.run(_init(settings))
         else:
@@ -56,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.command} failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """asyncio.run, on uvloop where it is installed (auto) or asked for."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("RECALLQ_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from worker.encoders import Encoder, EncoderSpec, bundled_model_path, load_encoder, resolved
+from worker.threads import single_thread
 from worker.vectors import Vectors
 
 __all__ = ["CacheStats", "Embedder", "EncoderSpec", "bundled_model_path"]
@@ -42,7 +43,7 @@ class Lane:
 
     @classmethod
     def start(cls, spec: EncoderSpec, index: int) -> Lane:
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recallq-embed-{index}")
+        thread = single_thread(f"recallq-embed-{index}")
         return cls(thread.submit(load_encoder, spec).result(), thread)
 
     def run(self, work: Callable[..., T], *args: Any) -> T:

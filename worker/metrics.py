@@ -39,8 +39,8 @@ class Metrics:
         )
         self.search_seconds = Histogram(
             "recallq_search_seconds",
-            "Store time per batch and memory type.",
-            ["memory_type", "store_mode"],
+            "Store time per batch (every group of the batch in one store call).",
+            ["store_mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

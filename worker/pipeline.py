@@ -140,7 +140,7 @@ async def _search(
             vectors[pending],
             candidate_factor=stages.candidate_factor,
             now=started.wall,
-            observe=lambda memory_type, seconds: _observe_search(stages, memory_type, seconds),
+            observe=stages.metrics.search_seconds.labels(store_mode=stages.store_mode).observe,
         )
 
     try:
@@ -209,8 +209,3 @@ def _expired(queued: Queued, stages: Stages, when: str) -> Refused:
 
 def _past(request: RetrievalRequest, now_wall: float) -> bool:
     return request.deadline_ms is not None and request.deadline_ms <= now_wall * 1000
-
-
-def _observe_search(stages: Stages, memory_type: MemoryType, seconds: float) -> None:
-    labels = {"memory_type": memory_type.value, "store_mode": stages.store_mode}
-    stages.metrics.search_seconds.labels(**labels).observe(seconds)

@@ -142,6 +142,9 @@ class WorkerSettings(BrokerSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise."
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="auto = uvloop where it is installed, else asyncio."
+    )
     shutdown_grace_s: float = Field(
         default=30.0,
         gt=0,

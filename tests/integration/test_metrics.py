@@ -64,8 +64,9 @@ async def test_metrics_move_and_health_answers(
     assert sample(after, "recallq_embed_seconds_count") >= 2
     assert sample(after, "recallq_batch_padded_tokens_count") >= 2
     assert sample(after, "recallq_queue_wait_seconds_count") >= 2
-    assert sample(after, "recallq_search_seconds_count", memory_type="long_term_memory",
-                  store_mode="exact") >= 2  # fmt: skip
+    assert sample(after, "recallq_search_seconds_count", store_mode="exact") >= 2
+    assert sample(after, "recallq_store_cache_lookups_total") >= 2
+    assert sample(after, "recallq_store_cache_bytes") > 0
     assert sample(after, "recallq_request_seconds_count", lane="interactive", status="ok") >= 2
     assert sample(after, "recallq_in_flight") == 0
     assert sample(after, "recallq_embed_cache_hit_ratio") > 0

@@ -15,7 +15,6 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from worker.errors import StoreUnavailable
 from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
 from worker.store.group_cache import GroupCache
+from worker.threads import single_thread
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ class SQLiteStore:
     ) -> None:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recallq-sqlite")
+        self._executor = single_thread("recallq-sqlite")
         self._conn: sqlite3.Connection | None = None
         self.cache: GroupCache[GroupData] = GroupCache(cache_bytes)
         self._data_version = -1
