@@ -27,6 +27,9 @@ RUN pip install . \
 
 RUN useradd --create-home --uid 10001 recallq
 USER recallq
+# The ONNX export (the CPU backend) made once, here, into the image's cache
+# (~/.cache/recallq/onnx): workers start without exporting.
+RUN python -m worker export
 
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

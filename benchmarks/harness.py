@@ -18,7 +18,7 @@ from benchmarks import celery_load, load, plots, quantize, report, soak
 from benchmarks.common import RESULTS, ROOT, percentiles, write_results
 from benchmarks.curves import RATES, latency_curve, slo_capacity
 from benchmarks.data import Workload, build_store
-from benchmarks.systems import CpuMeter, Running, naive, peak_rss_mb, recallq
+from benchmarks.systems import CpuMeter, Running, ThreadCpuMeter, naive, peak_rss_mb, recallq
 from worker.settings import WorkerSettings
 
 
@@ -69,16 +69,18 @@ async def measure_async(
     async with start(db) as system:  # type: ignore[attr-defined]
         await load.one_at_a_time(system.call, queries, plan.warm_calls)
         idle = await load.one_at_a_time(system.call, queries, plan.idle_calls)
-        meter = CpuMeter(system.pid)
+        meter, threads = CpuMeter(system.pid), ThreadCpuMeter(system.pid)
+        started = time.perf_counter()
         rate = await load.saturated(system.call, queries, plan.in_flight, plan.saturated_s)
         cpu = meter.percent_of_one_core()
+        per_thread = threads.per_request_ms(round(rate * (time.perf_counter() - started)))
 
         async def at_rate(offered: float) -> tuple[list[float], float]:
             return await load.open_loop(system.call, queries, offered, plan.rate_s)
 
         curve = await latency_curve(at_rate, plan.rates)
         rss = peak_rss_mb(system.pid)
-    return summarise(idle, rate, curve, rss, cpu)
+    return {**summarise(idle, rate, curve, rss, cpu), "saturated_cpu_ms_per_request": per_thread}
 
 
 def measure_celery(db: Path, workload: Workload, plan: Plan) -> dict[str, Any]:

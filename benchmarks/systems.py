@@ -105,6 +105,42 @@ class CpuMeter:
         }
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far per kernel thread name (recallq names its threads), process tree."""
+    totals: dict[str, float] = {}
+    for member in process_tree(pid):
+        try:
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks = int(fields[11]) + int(fields[12])
+            totals[name] = totals.get(name, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+    return totals
+
+
+class ThreadCpuMeter:
+    """CPU milliseconds per request, by thread, over a phase that answered `requests`."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._start = thread_cpu_seconds(pid)
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        now = thread_cpu_seconds(self._pid)
+        spent = {name: now[name] - self._start.get(name, 0.0) for name in now}
+        return {
+            name: round(seconds * 1000 / max(1, requests), 3)
+            for name, seconds in sorted(spent.items(), key=lambda item: -item[1])
+            if seconds > 0.05
+        }
+
+
 def environment(db: Path, prefix: str) -> dict[str, str]:
     return {
         **os.environ,

@@ -1,4 +1,4 @@
-"""`python -m worker run [--burst] | init | ingest FILE.jsonl`."""
+"""`python -m worker run [--burst] | init | export | ingest FILE.jsonl`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import structlog
 
 from worker.embed import Embedder
+from worker.encoders import load_encoder, resolved
 from worker.errors import ConfigError, RecallqError
 from worker.ingest import ingest_file
 from worker.logs import configure_logging
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "init", help="export the model to ONNX if needed; create the store's indexes and wait"
     )
+    commands.add_parser(
+        "export", help="prepare the ONNX export of the model (no broker, no store needed)"
+    )
     ingest = commands.add_parser("ingest", help="embed and store memories from a JSONL file")
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--batch-size", type=int, default=64)
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             run_on_loop(_run(settings, burst=args.burst), settings.event_loop)
         elif args.command == "init":
             asyncio.run(_init(settings))
+        elif args.command == "export":
+            _export(settings)
         else:
             if not args.file.is_file():
                 print(f"no such file: {args.file}", file=sys.stderr)
@@ -106,6 +113,15 @@ async def _init(settings: WorkerSettings) -> None:
         await store.ensure_indexes()
         await store.connect()
         print(f"store ready: {store.describe()}")
+
+
+def _export(settings: WorkerSettings) -> None:
+    spec = resolved(settings.encoder_spec())
+    if spec.backend != "onnx":
+        print(f"nothing to export: the {spec.backend} backend runs the model as it is")
+        return
+    encoder = load_encoder(replace(spec, lanes=1))
+    print(f"ready: {encoder.description} ({encoder.dimensions} dimensions)")
 
 
 async def _ingest(settings: WorkerSettings, path: Path, batch_size: int) -> int:

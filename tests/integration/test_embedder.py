@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from worker.embed import Embedder
@@ -28,3 +30,12 @@ def test_repeated_texts_come_from_the_cache_with_the_same_vector(embedder: Embed
 
 def test_an_empty_batch_is_an_empty_matrix(embedder: Embedder) -> None:
     assert embedder.encode([]).shape == (0, embedder.dimensions)
+
+
+async def test_lanes_encode_side_by_side_and_agree_with_one_lane(embedder: Embedder) -> None:
+    assert embedder.lanes >= 1
+    texts = [f"lane check {i}: what did we decide about the flight?" for i in range(40)]
+    expected = np.vstack([embedder.encode([text]) for text in texts])
+    batches = [texts[i : i + 5] for i in range(0, 40, 5)]
+    together = await asyncio.gather(*(embedder.embed(batch) for batch in batches))
+    assert np.allclose(np.vstack(together), expected, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -178,3 +179,20 @@ def test_int8_loads_and_keeps_the_top_5_of_fp32_on_the_demo_set(export_dir: Path
 def test_int8_on_torch_is_refused() -> None:
     with pytest.raises(ValueError, match="onnx backend"):
         load_encoder(EncoderSpec(device="cpu", backend="torch", quantize="int8"))
+
+
+async def test_worker_export_prepares_the_cache_it_is_pointed_at(tmp_path: Path) -> None:
+    env = {**os.environ, "RECALLQ_EMBED_EXPORT_DIR": str(tmp_path / "cache")}
+    export = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "export", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(export.communicate(), timeout=300)
+    assert export.returncode == 0, output.decode()[-2000:]
+    assert "ready: onnx/cpu/fp32 (384 dimensions)" in output.decode()
+    assert "exporting the model to ONNX" in output.decode()  # the log says it exported
+    assert len(entries(tmp_path / "cache")) == 1
+
+
+def entries(cache: Path) -> list[Path]:
+    return [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]
