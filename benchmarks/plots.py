@@ -7,7 +7,12 @@ from typing import Any
 
 from benchmarks.curves import SLO_P99_MS
 
-COLOURS = {"naive": "tab:gray", "celery": "tab:orange", "recallq": "tab:blue"}
+COLOURS = {
+    "naive": "tab:gray",
+    "celery": "tab:orange",
+    "recallq": "tab:blue",
+    "recallq_cache_2gib": "tab:green",
+}
 
 
 def latency_plot(run: dict[str, Any], path: Path) -> Path:
@@ -18,6 +23,8 @@ def latency_plot(run: dict[str, Any], path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, colour in COLOURS.items():
+        if name not in run["systems"]:
+            continue
         curve = run["systems"][name]["curve"]
         rates = [point["offered_rps"] for point in curve]
         axes.plot(rates, [p["p99"] for p in curve], "-o", color=colour, label=f"{name} p99")

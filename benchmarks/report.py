@@ -39,7 +39,7 @@ def render(run: dict[str, Any]) -> str:
     ]
     ceiling = systems["embed_ceiling"]
     lines.append(f"| embed ceiling ({ceiling['backend']}) | {ceiling['saturated_rps']} | | | | |")
-    for name in ("naive", "celery", "recallq"):
+    for name in [n for n in systems if n != "embed_ceiling"]:
         r = systems[name]
         curve = ", ".join(
             f"{p['offered_rps']}: {p['p50']:.0f} / {p['p99']:.0f}" for p in r["curve"]

@@ -154,12 +154,16 @@ def environment(db: Path, prefix: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def amqp_worker(name: str, command: list[str], db: Path) -> AsyncIterator[Running]:
+async def amqp_worker(
+    name: str, command: list[str], db: Path, settings_env: dict[str, str] | None = None
+) -> AsyncIterator[Running]:
     """recallq or the naive worker: both speak recallq's wire contract."""
     prefix = f"recallq-bench-{name}-{uuid.uuid4().hex[:6]}"
     settings = BrokerSettings(queue_prefix=prefix)
     process = await asyncio.create_subprocess_exec(
-        *command, env=environment(db, prefix), stderr=asyncio.subprocess.DEVNULL
+        *command,
+        env={**environment(db, prefix), **(settings_env or {})},
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await wait_for_workers(settings, alive=lambda: process.returncode is None)
@@ -177,8 +181,9 @@ async def amqp_worker(name: str, command: list[str], db: Path) -> AsyncIterator[
         await delete_queues(settings)
 
 
-def recallq(db: Path) -> AsyncIterator[Running]:
-    return amqp_worker("recallq", [sys.executable, "-m", "worker", "run"], db)
+def recallq(db: Path, settings_env: dict[str, str] | None = None) -> AsyncIterator[Running]:
+    """`python -m worker run`, default settings unless `settings_env` names some."""
+    return amqp_worker("recallq", [sys.executable, "-m", "worker", "run"], db, settings_env)
 
 
 def naive(db: Path) -> AsyncIterator[Running]:

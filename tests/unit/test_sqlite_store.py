@@ -108,7 +108,7 @@ async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(11)
-    small = SQLiteStore(tmp_path / "small.db", cache_bytes=4_000)  # about two groups of 5
+    small = SQLiteStore(tmp_path / "small.db", cache_bytes=2_000)  # about three groups of 5
     owners = [f"tenant-{i}" for i in range(12)]
     expected: dict[str, list[str]] = {}
     query = vectors(rng, 1)
@@ -121,7 +121,7 @@ async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
             group = SearchGroup(MemoryType.CONVERSATION, owner, query, (3,))
             [[hits]] = await small.search([group])
             assert [c.memory.id for c in hits] == expected[owner]
-            assert small.cache.stats.bytes <= 4_000
+            assert small.cache.stats.bytes <= 2_000
     stats = small.cache.stats
     assert stats.lookups == 36 and stats.evictions > 0 and 0 < stats.groups < 12
     await small.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,17 +28,20 @@ def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tup
     return ranked
 
 
-def score_group(
-    memory_at: Callable[[int], Memory], matrix: Vectors, queries: Vectors, ks: Sequence[int]
-) -> list[list[Candidate]]:
-    """Candidates per query of a group whose memories' embeddings are `matrix`;
-    `memory_at(row)` gives the memory of a row (built only for the winners)."""
+def check_dimensions(matrix: Vectors, queries: Vectors) -> None:
     if matrix.shape[0] and matrix.shape[1] != queries.shape[1]:
         raise StoreMismatch(
             f"stored embeddings have {matrix.shape[1]} dimensions, the model gives "
             f"{queries.shape[1]}: re-ingest with the worker's model"
         )
+
+
+def score_group(
+    memories: Sequence[Memory], matrix: Vectors, queries: Vectors, ks: Sequence[int]
+) -> list[list[Candidate]]:
+    """Candidates per query of a group whose memories' embeddings are `matrix`."""
+    check_dimensions(matrix, queries)
     return [
-        [Candidate(memory_at(index), score) for index, score in hits]
+        [Candidate(memories[index], score) for index, score in hits]
         for hits in top_k(matrix, queries, ks)
     ]

@@ -136,7 +136,7 @@ class MongoStore:
             matrix = embedding_matrix(documents, self._dimensions)
         except ValueError:
             raise StoreMismatch(f"{group.memory_type}: embeddings of unequal length") from None
-        return score_group(memories.__getitem__, matrix, group.vectors, group.ks)
+        return score_group(memories, matrix, group.vectors, group.ks)
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
         searches = [self._vector_query(group, row) for row in range(len(group.ks))]
