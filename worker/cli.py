@@ -78,7 +78,8 @@ def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
             if choice == "uvloop":
                 raise ConfigError("RECALLQ_EVENT_LOOP=uvloop but uvloop is not installed") from None
         else:
-            return uvloop.run(main)
+            result: T = uvloop.run(main)
+            return result
     return asyncio.run(main)
 
 
