@@ -150,6 +150,7 @@ class BulkJob:
                 content_type=CONTENT_TYPE,
                 correlation_id=request.request_id,
                 reply_to=results.name,
+                user_id=self.settings.amqp_user,
                 headers={SCHEMA_HEADER: SCHEMA_VERSION},
                 delivery_mode=DeliveryMode.PERSISTENT,
             )

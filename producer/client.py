@@ -166,6 +166,7 @@ class RetrievalClient:
             content_type=CONTENT_TYPE,
             correlation_id=request.request_id,
             reply_to=self.reply_queue_name,
+            user_id=self.settings.amqp_user,
             headers={SCHEMA_HEADER: SCHEMA_VERSION}
             | ({"traceparent": traceparent} if traceparent else {}),
             delivery_mode=DeliveryMode.PERSISTENT,

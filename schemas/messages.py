@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     EXPIRED = "expired"
     OVERLOADED = "overloaded"
+    FORBIDDEN = "forbidden"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL = "internal"
 

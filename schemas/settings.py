@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +27,12 @@ class BrokerSettings(BaseSettings):
         ge=1,
         description="Requests a request queue holds; past it publishes are refused (overloaded).",
     )
+
+    @property
+    def amqp_user(self) -> str:
+        """The user this process authenticates as: set as `user_id` on what it publishes,
+        which RabbitMQ checks against the connection's login (it refuses a mismatch)."""
+        return unquote(urlsplit(self.amqp_url).username or "guest")
 
     @property
     def topology(self) -> Topology:

@@ -19,16 +19,16 @@ from schemas.messages import (
     CONTENT_TYPE,
     SCHEMA_HEADER,
     SCHEMA_VERSION,
-    ErrorCode,
     RetrievalRequest,
     RetrievalResponse,
 )
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
-from worker.errors import InvalidMessage, describe_validation_error
+from worker.errors import Forbidden, InvalidMessage, describe_validation_error
 from worker.metrics import Metrics
 from worker.outcomes import Crashed, Outcome, Refused
 from worker.reply import Envelope, delivery_count, safe_request_id
+from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
@@ -97,8 +97,10 @@ class Consumer:
         max_message_bytes: int,
         worker_id: str,
         metrics: Metrics,
+        policy: TenantPolicy | None = None,
     ) -> None:
         self._metrics = metrics
+        self._policy = policy
         self._channels = channels
         self._max_bytes = max_message_bytes
         self._worker_id = worker_id
@@ -148,7 +150,7 @@ class Consumer:
             self._note_redelivery(message)
         try:
             self._accept(message, lane, received)
-        except InvalidMessage as exc:
+        except (InvalidMessage, Forbidden) as exc:
             envelope = self._envelope(message, lane, received)
             await self._settle(envelope, self._refusal(envelope, exc))
         except Exception as exc:
@@ -157,6 +159,8 @@ class Consumer:
 
     def _accept(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> None:
         request = decode(message, self._max_bytes)
+        if self._policy is not None:  # before any work: the model never sees a refused query
+            self._policy.check(message.user_id, request.memory_id)
         envelope = Envelope(message, lane, received, request.request_id)
         tokens = self._count_tokens(request.query)
         self._batcher.put(Delivery(request, envelope, tokens), lane, tokens)
@@ -164,10 +168,12 @@ class Consumer:
     def _envelope(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> Envelope:
         return Envelope(message, lane, received, safe_request_id(message))
 
-    def _refusal(self, envelope: Envelope, exc: InvalidMessage) -> Refused:
+    def _refusal(self, envelope: Envelope, exc: InvalidMessage | Forbidden) -> Refused:
+        if isinstance(exc, Forbidden):
+            log.warning("forbidden request", request_id=envelope.request_id, reason=str(exc))
         return Refused(
             RetrievalResponse.failure(
-                envelope.request_id, ErrorCode.INVALID_REQUEST, str(exc), worker_id=self._worker_id
+                envelope.request_id, exc.code, str(exc), worker_id=self._worker_id
             )
         )
 

@@ -6,6 +6,7 @@ from schemas.messages import ErrorCode, describe_validation_error
 
 __all__ = [
     "ConfigError",
+    "Forbidden",
     "InvalidMessage",
     "RecallqError",
     "StoreMismatch",
@@ -23,6 +24,12 @@ class InvalidMessage(RecallqError):
     """The delivery cannot be turned into a valid request."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class Forbidden(RecallqError):
+    """The broker-validated user may not read the memory_id the request names."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 class StoreUnavailable(RecallqError):

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -31,6 +32,7 @@ from worker.reply import Settler
 from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore
 from worker.store.sqlite import SQLiteStore
+from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,7 @@ class Worker:
         )
         self._count_tokens = embedder.count_tokens
         self._lanes_free = asyncio.Semaphore(embedder.lanes)
+        self._policy = _tenant_policy(settings)
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
@@ -262,6 +265,7 @@ class Worker:
             self.settings.max_message_bytes,
             self.settings.worker_id,
             self.metrics,
+            self._policy,
         )
         await consumer.start()
         return consumer
@@ -289,3 +293,15 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _tenant_policy(settings: WorkerSettings) -> TenantPolicy | None:
+    if not settings.tenant_policy:
+        log.warning(
+            "no RECALLQ_TENANT_POLICY: tenants are not isolated; any broker user who can "
+            "publish a request can read any memory_id"
+        )
+        return None
+    policy = TenantPolicy.load(Path(settings.tenant_policy))
+    log.info("tenant policy loaded", path=settings.tenant_policy, users=len(policy.users))
+    return policy

@@ -129,6 +129,10 @@ class WorkerSettings(BrokerSettings):
     max_message_bytes: int = Field(
         default=65_536, ge=1024, description="Larger request bodies are refused as invalid."
     )
+    tenant_policy: str = Field(
+        default="",
+        description="JSON file: which AMQP user may read which memory_ids; empty = no isolation.",
+    )
     metrics_port: int = Field(
         default=9464,
         ge=-1,

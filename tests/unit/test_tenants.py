@@ -1,0 +1,59 @@
+"""The tenant policy: globs per broker user, nothing for anyone else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError, Forbidden
+from worker.tenants import TenantPolicy
+
+POLICY = TenantPolicy.model_validate(
+    {
+        "users": {
+            "alice": {"memory_ids": ["travel-concierge:*", "shared"]},
+            "ops": {"memory_ids": ["*"]},
+        }
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("user", "memory_id"),
+    [("alice", "travel-concierge:maya"), ("alice", "shared"), ("ops", "code-copilot:devon")],
+)
+def test_a_user_reads_what_its_globs_match(user: str, memory_id: str) -> None:
+    POLICY.check(user, memory_id)
+
+
+@pytest.mark.parametrize(
+    ("user", "memory_id"),
+    [
+        ("alice", "code-copilot:devon"),
+        ("alice", "TRAVEL-CONCIERGE:maya"),  # globs are case-sensitive
+        ("alice", "shared-but-longer"),
+        ("mallory", "travel-concierge:maya"),  # not in the policy
+        (None, "travel-concierge:maya"),  # no user_id on the message
+        ("", "travel-concierge:maya"),
+    ],
+)
+def test_anything_else_is_forbidden(user: str | None, memory_id: str) -> None:
+    with pytest.raises(Forbidden):
+        POLICY.check(user, memory_id)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", '{"users": {"alice": {"memory_ids": []}}}', '{"users": {}, "extra": 1}', "[]"],
+)
+def test_a_bad_policy_file_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="RECALLQ_TENANT_POLICY"):
+        TenantPolicy.load(path)
+
+
+def test_a_missing_policy_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        TenantPolicy.load(tmp_path / "absent.json")
