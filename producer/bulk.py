@@ -53,6 +53,7 @@ class BulkSummary:
     already_done: int  # results found in the output file at start
     written: int = 0  # results written by this run
     duplicates_dropped: int = 0
+    untrusted_dropped: int = 0  # results not sent by a trusted worker identity
     bad_lines: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -108,7 +109,11 @@ class BulkJob:
             await topology.declare_shared(channel)
             results = await topology.job(self.job_id).declare(channel)
             collector = _Collector(
-                {r.request_id for r in todo}, summary, self.window, self.on_result
+                {r.request_id for r in todo},
+                summary,
+                self.window,
+                self.on_result,
+                self.settings.trusts_reply,
             )
             with (
                 self.output_path.open("a", encoding="utf-8") as output,
@@ -179,8 +184,10 @@ class _Collector:
         summary: BulkSummary,
         window: int,
         on_result: Callable[[RetrievalResponse], None] | None,
+        trusts: Callable[[str | None], bool] = lambda user_id: True,
     ) -> None:
         self.awaited = awaited
+        self._trusts = trusts
         self.summary = summary
         self.window = asyncio.Semaphore(window)
         self.finished = asyncio.Event()
@@ -192,6 +199,11 @@ class _Collector:
         self._output, self._bar = output, bar
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
+        if not self._trusts(message.user_id):
+            self.summary.untrusted_dropped += 1
+            log.warning("result from an untrusted user dropped", user_id=message.user_id)
+            await message.ack()
+            return
         try:
             response = RetrievalResponse.model_validate_json(message.body)
         except ValidationError:

@@ -98,6 +98,7 @@ class RetrievalClient:
         self.client_id = client_id or uuid.uuid4().hex
         self.timeout = timeout
         self.dropped_replies = 0
+        self.rejected_replies = 0  # not from a trusted worker identity
         self._topology = self.settings.topology
         self._pending: dict[str, asyncio.Future[RetrievalResponse]] = {}
         self._connection: AbstractRobustConnection | None = None
@@ -231,6 +232,11 @@ class RetrievalClient:
         return list(await asyncio.gather(*(one(query) for query in queries)))
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        if not self.settings.trusts_reply(message.user_id):
+            self.rejected_replies += 1
+            log.warning("reply from an untrusted user rejected", user_id=message.user_id,
+                        request_id=message.correlation_id)  # fmt: skip
+            return
         try:
             response = RetrievalResponse.model_validate_json(message.body)
         except ValidationError as exc:

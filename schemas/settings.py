@@ -28,6 +28,17 @@ class BrokerSettings(BaseSettings):
         description="Requests a request queue holds; past it publishes are refused (overloaded).",
     )
 
+    worker_users: str = Field(
+        default="",
+        description="Comma-separated AMQP users whose replies clients accept; empty = any.",
+    )
+
+    def trusts_reply(self, user_id: str | None) -> bool:
+        """A reply counts only when a worker identity sent it (the broker validates
+        user_id), so no other broker user can put words in a caller's context."""
+        trusted = {name.strip() for name in self.worker_users.split(",") if name.strip()}
+        return not trusted or user_id in trusted
+
     @property
     def amqp_user(self) -> str:
         """The user this process authenticates as: set as `user_id` on what it publishes,

@@ -116,10 +116,17 @@ def safe_request_id(message: AbstractIncomingMessage) -> str:
 
 class Settler:
     def __init__(
-        self, channel: AbstractChannel, worker_id: str, metrics: Metrics, ledger: Unsettled
+        self,
+        channel: AbstractChannel,
+        worker_id: str,
+        metrics: Metrics,
+        ledger: Unsettled,
+        user_id: str | None = None,
     ) -> None:
-        # The channel must have publisher confirms and on_return_raises=True.
+        # The channel must have publisher confirms and on_return_raises=True. `user_id`,
+        # the worker's AMQP login, goes on every reply: clients can check who sent it.
         self._channel = channel
+        self._user_id = user_id
         self._worker_id = worker_id
         self._metrics = metrics
         self._ledger = ledger
@@ -188,6 +195,7 @@ class Settler:
             response.model_dump_json().encode(),
             content_type=CONTENT_TYPE,
             correlation_id=response.request_id,
+            user_id=self._user_id,
             headers={SCHEMA_HEADER: SCHEMA_VERSION, **trace_headers(message)},
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )

@@ -253,7 +253,11 @@ class Worker:
             await channels[lane].set_qos(prefetch_count=count)
         reply_channel = await connection.channel(on_return_raises=True)
         self._settler = Settler(
-            reply_channel, self.settings.worker_id, self.metrics, self.unsettled
+            reply_channel,
+            self.settings.worker_id,
+            self.metrics,
+            self.unsettled,
+            self.settings.amqp_user,
         )
         consumer = Consumer(
             channels,

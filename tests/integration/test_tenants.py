@@ -15,10 +15,17 @@ import aio_pika
 import pytest
 from aio_pika.exceptions import ChannelPreconditionFailed
 
-from producer.client import RetrievalClient
-from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, ErrorCode
+from producer.client import Query, RetrievalClient
+from schemas.messages import (
+    CONTENT_TYPE,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION,
+    ErrorCode,
+    RetrievalResponse,
+)
 from tests.integration.conftest import running_worker
 from tests.integration.test_invalid_messages import next_message
+from tests.integration.test_metrics import until
 from worker.embed import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
@@ -114,3 +121,32 @@ async def test_the_broker_refuses_a_user_id_that_is_not_the_login(
         forged = aio_pika.Message(b"{}", user_id=users["bob"])
         with pytest.raises(ChannelPreconditionFailed, match="user_id property set to"):
             await asyncio.wait_for(channel.default_exchange.publish(forged, queue.name), 10)
+
+
+async def test_a_forged_reply_is_ignored_and_the_real_one_is_taken(
+    settings: WorkerSettings, embedder: Embedder, demo_store: SQLiteStore, users: dict[str, str]
+) -> None:
+    alice = settings.model_copy(
+        update={"amqp_url": as_user(settings.amqp_url, users["alice"]), "worker_users": "guest"}
+    )
+    async with RetrievalClient(alice, timeout=60) as client:
+        request_id = f"alice-{uuid.uuid4().hex[:8]}"
+        question = Query("Which seat?", "travel-concierge:maya", LIMITS)
+        pending = await client.submit(question, request_id=request_id)
+        forged = RetrievalResponse(request_id=request_id, status="ok", worker_id="FORGED")
+        bob = await aio_pika.connect(as_user(settings.amqp_url, users["bob"]))
+        async with bob:
+            channel = await bob.channel()
+            for user_id in (users["bob"], None):  # signed as bob, and unsigned
+                message = aio_pika.Message(
+                    forged.model_dump_json().encode(), content_type=CONTENT_TYPE,
+                    correlation_id=request_id, user_id=user_id,
+                    headers={SCHEMA_HEADER: SCHEMA_VERSION},
+                )  # fmt: skip
+                await channel.default_exchange.publish(message, client.reply_queue_name)
+        await until(lambda: client.rejected_replies == 2, timeout=30)
+        assert not pending.done()
+        async with running_worker(settings, embedder, demo_store):  # runs as guest
+            response = await asyncio.wait_for(pending, 60)
+    assert response.worker_id == settings.worker_id and response.status == "ok"
+    assert response.results["long_term_memory"]
