@@ -223,13 +223,16 @@ class Worker:
             return False
 
     def _start_health_server(self, connection: AbstractRobustConnection) -> None:
-        """Ready = consuming, broker connected, model loaded, and nothing stuck."""
+        """Ready = consuming, broker connected, model loaded, nothing stuck, and the
+        embedded store's last call worked."""
         if self.settings.metrics_port < 0:
             return
 
         def ready() -> bool:
             connected = connection.connected.is_set()
-            return self.ready.is_set() and connected and self.unsettled.late == 0
+            store = self.stages.store
+            usable = store.usable if isinstance(store, SQLiteStore) else True
+            return self.ready.is_set() and connected and self.unsettled.late == 0 and usable
 
         try:
             self.health = HealthServer(self.metrics, ready, self.settings.metrics_port)

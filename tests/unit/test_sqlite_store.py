@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from schemas.messages import MemoryType
-from worker.errors import StoreMismatch
+from worker.errors import StoreMismatch, StoreUnavailable
 from worker.store.base import Memory, SearchGroup
 from worker.store.sqlite import SQLiteStore
 
 DIMS = 8
+LONG = MemoryType.LONG_TERM
 
 
 def memories(memory_id: str, memory_type: MemoryType, count: int) -> list[Memory]:
@@ -135,3 +138,60 @@ async def test_a_group_larger_than_the_whole_bound_is_served_and_not_kept(tmp_pa
     assert len(hits) == 4
     assert tiny.cache.stats.groups == 0 and tiny.cache.stats.bytes == 0
     await tiny.close()
+
+
+async def test_a_file_replaced_under_a_reading_store_is_reopened_and_its_memories_served(
+    tmp_path: Path,
+) -> None:
+    """The worker reads; an ingest (another connection, closed since) builds a new file
+    and swaps it in with a rename, as a re-ingest does."""
+    rng = np.random.default_rng(21)
+
+    async def build(path: Path, content: str) -> None:
+        writer = SQLiteStore(path)
+        owned = [replace(m, content=f"{content} {m.id}") for m in memories("alice", LONG, 4)]
+        await writer.upsert(owned, vectors(rng, 4))
+        await writer.close()
+
+    live = tmp_path / "live.db"
+    await build(live, "old")
+    reader = SQLiteStore(live)
+    group = SearchGroup(LONG, "alice", vectors(rng, 1), (2,))
+    [[before]] = await reader.search([group])
+    assert all(c.memory.content.startswith("old") for c in before)
+    await build(tmp_path / "next.db", "new")
+    os.replace(tmp_path / "next.db", live)
+
+    [[after]] = await reader.search([group])
+    assert len(after) == 2 and all(c.memory.content.startswith("new") for c in after)
+    assert reader.usable
+    await reader.close()
+
+
+async def test_a_deleted_file_is_store_unavailable_until_it_is_back(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(22)
+    await store.upsert(memories("alice", MemoryType.LONG_TERM, 4), vectors(rng, 4))
+    group = SearchGroup(MemoryType.LONG_TERM, "alice", vectors(rng, 1), (2,))
+    await store.search([group])
+    store.path.unlink()
+    with pytest.raises(StoreUnavailable, match="gone"):
+        await store.search([group])
+    assert not store.usable
+
+
+async def test_a_corrupt_file_is_store_unavailable_not_a_crash(tmp_path: Path) -> None:
+    rng = np.random.default_rng(23)
+    store = SQLiteStore(tmp_path / "c.db")
+    for owner in ("alice", "bob"):
+        await store.upsert(memories(owner, MemoryType.LONG_TERM, 50), vectors(rng, 50))
+    await store.close()
+    with (tmp_path / "c.db").open("r+b") as data:
+        data.seek(4096)
+        data.write(bytes(rng.integers(0, 256, 16384, dtype=np.uint8)))  # pages 2-5 overwritten
+    corrupt = SQLiteStore(tmp_path / "c.db")
+    group = SearchGroup(MemoryType.LONG_TERM, "bob", vectors(rng, 1), (2,))
+    with pytest.raises(StoreUnavailable, match="sqlite"):
+        await corrupt.connect()
+        await corrupt.search([group])
+    assert not corrupt.usable
+    await corrupt.close()

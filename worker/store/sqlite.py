@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from schemas.messages import MemoryType
 from worker.errors import StoreUnavailable
@@ -31,6 +33,7 @@ from worker.store.group_cache import GroupCache
 from worker.threads import single_thread
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -77,6 +80,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self.cache: GroupCache[GroupData] = GroupCache(cache_bytes)
         self._data_version = -1
+        self._identity: tuple[int, int] = (0, 0)
+        self.usable = True  # false from a failed call until the next one succeeds
 
     async def connect(self) -> None:
         await self._run(lambda: self._connection())
@@ -99,23 +104,50 @@ class SQLiteStore:
         self._executor.shutdown(wait=True)
 
     async def _run(self, work: Callable[[], T]) -> T:
+        """Run on the store thread; any database failure (locked, disk I/O, a corrupt or
+        foreign file, the file gone) is StoreUnavailable, and the next call reopens."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, work)
-        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O
-            raise StoreUnavailable(f"sqlite: {exc}") from None
+            result = await loop.run_in_executor(self._executor, work)
+        except (sqlite3.DatabaseError, StoreUnavailable) as exc:
+            self.usable = False
+            await loop.run_in_executor(self._executor, self._close)
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
+        self.usable = True
+        return result
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+            except sqlite3.DatabaseError:
+                conn.close()
+                raise
             self._conn = conn
+            self._identity = _identity(self.path)
         return self._conn
 
+    def _current_connection(self) -> sqlite3.Connection:
+        """The connection, reopened first if the file at `path` was replaced; gone is an error."""
+        try:
+            identity = _identity(self.path)
+        except FileNotFoundError:
+            raise StoreUnavailable(f"sqlite: {self.path} is gone (deleted or moved)") from None
+        if self._conn is not None and identity != self._identity:
+            log.warning("sqlite file replaced under the worker; reopening", path=str(self.path))
+            self._close()
+        return self._connection()
+
     def _close(self) -> None:
+        """Close the connection and forget what it loaded (the next call reopens)."""
+        self.cache.clear()
+        self._data_version = -1
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -129,7 +161,7 @@ class SQLiteStore:
         self.cache.clear()
 
     def _search_groups(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        conn = self._connection()
+        conn = self._current_connection()
         version = conn.execute("PRAGMA data_version").fetchone()[0]  # before the snapshot
         conn.execute("BEGIN")
         try:
@@ -181,6 +213,11 @@ def _fetch_memories(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Me
 
 
 EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
