@@ -52,6 +52,7 @@ from worker.outcomes import Answered, Crashed, NotNow, Outcome, Refused
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
+MAX_REPLY_BYTES = 4 * 2**20
 
 # A broker or connection failure: the same reply may well go through on another try.
 TRANSIENT_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
@@ -122,11 +123,13 @@ class Settler:
         metrics: Metrics,
         ledger: Unsettled,
         user_id: str | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         # The channel must have publisher confirms and on_return_raises=True. `user_id`,
         # the worker's AMQP login, goes on every reply: clients can check who sent it.
         self._channel = channel
         self._user_id = user_id
+        self._max_reply_bytes = max_reply_bytes
         self._worker_id = worker_id
         self._metrics = metrics
         self._ledger = ledger
@@ -191,8 +194,12 @@ class Settler:
         # Bulk results may wait hours in a job queue, so they survive a broker restart;
         # an RPC caller waits seconds at most, so its reply skips the disk.
         persistent = envelope.lane is Lane.BULK
+        body = response.model_dump_json().encode()
+        if len(body) > self._max_reply_bytes:  # over the broker's limit it would never arrive
+            response = self._too_large(response.request_id, len(body))
+            body = response.model_dump_json().encode()
         reply = Message(
-            response.model_dump_json().encode(),
+            body,
             content_type=CONTENT_TYPE,
             correlation_id=response.request_id,
             user_id=self._user_id,
@@ -217,6 +224,16 @@ class Settler:
             await self._publish(envelope, response)
         except Exception as exc:
             log.warning("error reply failed", request_id=response.request_id, error=repr(exc))
+
+    def _too_large(self, request_id: str, size: int) -> RetrievalResponse:
+        log.warning("reply over the size limit", request_id=request_id, size=size)
+        return RetrievalResponse.failure(
+            request_id,
+            ErrorCode.INVALID_REQUEST,
+            f"the reply would be {size} bytes, over RECALLQ_MAX_REPLY_BYTES "
+            f"({self._max_reply_bytes}): ask for fewer hits or memory types",
+            worker_id=self._worker_id,
+        )
 
     def _gave_up(self, request_id: str) -> RetrievalResponse:
         return RetrievalResponse.failure(

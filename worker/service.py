@@ -261,6 +261,7 @@ class Worker:
             self.metrics,
             self.unsettled,
             self.settings.amqp_user,
+            self.settings.max_reply_bytes,
         )
         consumer = Consumer(
             channels,

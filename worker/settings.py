@@ -129,6 +129,11 @@ class WorkerSettings(BrokerSettings):
     max_message_bytes: int = Field(
         default=65_536, ge=1024, description="Larger request bodies are refused as invalid."
     )
+    max_reply_bytes: int = Field(
+        default=4 * 2**20,
+        ge=4096,
+        description="Larger replies become an invalid_request error (keep under the broker's).",
+    )
     tenant_policy: str = Field(
         default="",
         description="JSON file: which AMQP user may read which memory_ids; empty = no isolation.",

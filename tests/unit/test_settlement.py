@@ -20,7 +20,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.messages import SCHEMA_HEADER
+from schemas.messages import SCHEMA_HEADER, ErrorCode, MemoryHit, RetrievalResponse
 from schemas.topology import DELIVERY_LIMIT, Topology
 from tests.stores import WrappedStore
 from worker.batch import Batcher, Lane
@@ -28,8 +28,9 @@ from worker.consume import Consumer, Delivery
 from worker.embed import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.metrics import Metrics
+from worker.outcomes import Answered
 from worker.pipeline import Stages
-from worker.reply import Settler
+from worker.reply import Envelope, Settler
 from worker.service import process_and_settle
 from worker.store import GroupResult, SearchGroup, SQLiteStore
 from worker.watchdog import Unsettled
@@ -208,3 +209,32 @@ async def test_every_delivery_is_settled_exactly_once_whatever_raises(
     if not any((plan.tokens, plan.embed, plan.search, plan.publish, plan.settle)):
         for kind, message in zip(plan.kinds, messages, strict=True):
             assert message.settled == (["ack"] if kind == "good" else ["reject"]), kind
+
+
+async def test_a_reply_over_the_size_limit_is_one_clear_error_and_one_ack() -> None:
+    channel = FaultyChannel(Calls({}))
+    ledger = Unsettled(60)
+    settler = Settler(channel, "w", Metrics(), ledger, max_reply_bytes=4096)  # type: ignore[arg-type]
+    message = RecordingMessage(request("big"), "big")
+    hits = [
+        MemoryHit(
+            id=f"m{i}",
+            memory_type="long_term_memory",
+            content="x" * 500,
+            timestamp=0.0,
+            score=0.5,
+            signal=0.5,
+        )
+        for i in range(20)
+    ]
+    big = RetrievalResponse(request_id="big", status="ok", results={"long_term_memory": hits})
+    envelope = Envelope(message, Lane.INTERACTIVE, 0.0, "big")  # type: ignore[arg-type]
+    ledger.opened(message, "big")
+    await settler.settle(envelope, Answered(big))
+    assert message.settled == ["ack"]
+    [reply] = channel.published
+    sent = RetrievalResponse.model_validate_json(reply.body)
+    assert sent.status == "error" and sent.error is not None
+    assert sent.error.code == ErrorCode.INVALID_REQUEST
+    assert "RECALLQ_MAX_REPLY_BYTES" in sent.error.message
+    assert len(reply.body) < 4096
