@@ -14,20 +14,7 @@ from typing import Any
 from benchmarks import load
 from benchmarks.common import percentiles
 from benchmarks.data import Workload
-from benchmarks.systems import process_tree, recallq
-
-
-def rss_mb(pid: int) -> float:
-    total_kb = 0
-    for member in process_tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        total_kb += sum(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
-        )
-    return round(total_kb / 1024, 1)
+from benchmarks.systems import recallq, rss_mb
 
 
 async def steady(

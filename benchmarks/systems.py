@@ -29,22 +29,27 @@ class Running:
     settings: BrokerSettings
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process and its children, in MiB."""
+def memory_mb(pid: int, field: str) -> float:
+    """A /proc status figure (VmHWM: peak resident, VmRSS: resident now) summed over a
+    process and its children, in MiB."""
     total_kb = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
+    for member in process_tree(pid):
         try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            status = Path(f"/proc/{member}/status").read_text()
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 total_kb += int(line.split()[1])
-        pids.extend(int(child) for child in children)
     return round(total_kb / 1024, 1)
+
+
+def peak_rss_mb(pid: int) -> float:
+    return memory_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    return memory_mb(pid, "VmRSS")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -62,14 +67,19 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by these processes."""
-    ticks = 0
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds in a /proc .../stat file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def broker_pids() -> list[int]:
@@ -116,11 +126,10 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         for task in tasks:
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                seconds = _stat_cpu_seconds(task / "stat")
             except OSError:
                 continue
-            ticks = int(fields[11]) + int(fields[12])
-            totals[name] = totals.get(name, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+            totals[name] = totals.get(name, 0.0) + seconds
     return totals
 
 

@@ -7,7 +7,6 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,7 +120,7 @@ def _export(settings: WorkerSettings) -> None:
     if spec.backend != "onnx":
         print(f"nothing to export: the {spec.backend} backend runs the model as it is")
         return
-    encoder = load_encoder(replace(spec, lanes=1))
+    encoder = load_encoder(spec)
     print(f"ready: {encoder.description} ({encoder.dimensions} dimensions)")
 
 

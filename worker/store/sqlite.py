@@ -174,7 +174,7 @@ class SQLiteStore:
             }
             memories = _fetch_memories(conn, sorted(wanted))
         finally:
-            conn.execute("COMMIT")
+            conn.rollback()  # ends the read transaction (it wrote nothing), whatever raised
         return [
             [[Candidate(memories[int(ids[i])], score) for i, score in hits] for hits in per_query]
             for ids, per_query in scored
