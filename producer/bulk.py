@@ -22,7 +22,12 @@ from typing import IO
 import aio_pika
 import structlog
 from aio_pika import DeliveryMode, Message
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from aio_pika.exceptions import DeliveryError
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -106,8 +111,8 @@ class BulkJob:
         async with connection:
             channel = await connection.channel(on_return_raises=True)
             await channel.set_qos(prefetch_count=min(self.window, 1024))
-            await topology.declare_shared(channel)
-            results = await topology.job(self.job_id).declare(channel)
+            await topology.prepare_client(channel)
+            results = await topology.declare_private(channel, topology.job(self.job_id))
             collector = _Collector(
                 {r.request_id for r in todo},
                 summary,
@@ -146,6 +151,7 @@ class BulkJob:
     ) -> None:
         """One of `concurrency` publishers; they share the iterator, so each request goes once."""
         bulk_queue = self.settings.topology.bulk.name
+        exchange = await self.settings.topology.request_exchange(channel)
         for request in pending:
             await collector.window.acquire()
             if request.request_id not in collector.awaited:
@@ -159,15 +165,15 @@ class BulkJob:
                 headers={SCHEMA_HEADER: SCHEMA_VERSION},
                 delivery_mode=DeliveryMode.PERSISTENT,
             )
-            await publish_until_accepted(channel, message, bulk_queue)
+            await publish_until_accepted(exchange, message, bulk_queue)
 
 
-async def publish_until_accepted(channel: AbstractChannel, message: Message, queue: str) -> None:
+async def publish_until_accepted(exchange: AbstractExchange, message: Message, queue: str) -> None:
     """A full bulk queue nacks the publish: back off and offer it again (no duplicate risk)."""
     delay = 0.1
     while True:
         try:
-            await channel.default_exchange.publish(message, queue, mandatory=True)
+            await exchange.publish(message, queue, mandatory=True)
             return
         except DeliveryError:
             log.info("bulk queue full; backing off", delay_s=delay)

@@ -127,8 +127,9 @@ class RetrievalClient:
             client_properties={"connection_name": f"recallq-client {self.client_id}"},
         )
         self._channel = await self._connection.channel(on_return_raises=True)
-        await self._topology.declare_shared(self._channel)
-        self._reply_queue = await self._topology.reply(self.client_id).declare(self._channel)
+        await self._topology.prepare_client(self._channel)
+        reply = self._topology.reply(self.client_id)
+        self._reply_queue = await self._topology.declare_private(self._channel, reply)
         await self._reply_queue.consume(self._on_reply, no_ack=True)
 
     async def close(self) -> None:
@@ -171,11 +172,13 @@ class RetrievalClient:
             headers={SCHEMA_HEADER: SCHEMA_VERSION}
             | ({"traceparent": traceparent} if traceparent else {}),
             delivery_mode=DeliveryMode.PERSISTENT,
+            # The broker drops the request once its caller has given up: it never
+            # reaches the model (quorum queues honour per-message TTL from 3.10).
+            expiration=max(timeout, 0.001),
         )
         try:
-            await self._channel.default_exchange.publish(
-                message, self._topology.requests.name, mandatory=True
-            )
+            exchange = await self._topology.request_exchange(self._channel)
+            await exchange.publish(message, self._topology.requests.name, mandatory=True)
         except DeliveryError:
             future.cancel()
             raise RetrievalOverloaded("the request queue is full; retry later") from None

@@ -20,7 +20,7 @@ async def count_workers(settings: BrokerSettings) -> int:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        await settings.topology.declare_shared(channel)
+        await settings.topology.prepare_client(channel)
         queue = await channel.declare_queue(settings.topology.requests.name, passive=True)
         return queue.declaration_result.consumer_count or 0
 

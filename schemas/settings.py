@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topology import MAX_QUEUED, Topology
+from schemas.topology import (
+    MAX_DEAD_LETTERS,
+    MAX_QUEUED,
+    MAX_QUEUED_BYTES,
+    OWNER_NAME,
+    Layout,
+    Topology,
+)
 
 
 class BrokerSettings(BaseSettings):
@@ -22,16 +29,44 @@ class BrokerSettings(BaseSettings):
         description="Prefix of every queue name.",
     )
 
+    broker_topology: Layout = Field(
+        default=Layout.DEFAULT_EXCHANGE,
+        description="default-exchange (simple installs) or least-privilege (shared brokers: "
+        "named exchanges, per-user queue names; see README Security).",
+    )
     max_queued: int = Field(
         default=MAX_QUEUED,
         ge=1,
-        description="Requests a request queue holds; past it publishes are refused (overloaded).",
+        description="Requests a request queue holds; past it publishes are refused (overloaded). "
+        "Size it as workers x req/s per worker x the callers' timeout.",
+    )
+    max_queued_bytes: int = Field(
+        default=MAX_QUEUED_BYTES,
+        ge=1,
+        description="Bytes of requests a request queue holds; past it publishes are refused.",
+    )
+    max_dead_letters: int = Field(
+        default=MAX_DEAD_LETTERS,
+        ge=1,
+        description="Dead letters kept; past it the oldest is dropped.",
     )
 
     worker_users: str = Field(
         default="",
         description="Comma-separated AMQP users whose replies clients accept; empty = any.",
     )
+
+    @model_validator(mode="after")
+    def _owner_fits_queue_names(self) -> BrokerSettings:
+        # In the least-privilege layout the user name is part of queue names and of
+        # permission regexes: a dot or regex syntax would let one user's names
+        # cover another's.
+        if self.broker_topology is Layout.LEAST_PRIVILEGE and not OWNER_NAME.match(self.amqp_user):
+            raise ValueError(
+                f"AMQP user {self.amqp_user!r}: with the least-privilege topology user names "
+                "must be 1-64 letters, digits, '_' or '-'"
+            )
+        return self
 
     def trusts_reply(self, user_id: str | None) -> bool:
         """A reply counts only when a worker identity sent it (the broker validates
@@ -47,4 +82,11 @@ class BrokerSettings(BaseSettings):
 
     @property
     def topology(self) -> Topology:
-        return Topology(self.queue_prefix, self.max_queued)
+        return Topology(
+            self.queue_prefix,
+            self.max_queued,
+            self.max_queued_bytes,
+            self.max_dead_letters,
+            self.broker_topology,
+            self.amqp_user,
+        )

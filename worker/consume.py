@@ -24,7 +24,7 @@ from schemas.messages import (
 )
 from schemas.topology import Topology
 from worker.batch import Batcher, Lane
-from worker.errors import Forbidden, InvalidMessage, describe_validation_error
+from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage, describe_validation_error
 from worker.metrics import Metrics
 from worker.outcomes import Crashed, Outcome, Refused
 from worker.reply import Envelope, delivery_count, safe_request_id
@@ -159,6 +159,12 @@ class Consumer:
 
     def _accept(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> None:
         request = decode(message, self._max_bytes)
+        if self._topology.least_privilege and not self._topology.owns(
+            message.user_id, message.reply_to or ""
+        ):
+            raise ForeignReplyTo(
+                f"reply_to {message.reply_to!r} is not a queue of user {message.user_id!r}"
+            )
         if self._policy is not None:  # before any work: the model never sees a refused query
             self._policy.check(message.user_id, request.memory_id)
         envelope = Envelope(message, lane, received, request.request_id)
@@ -171,11 +177,10 @@ class Consumer:
     def _refusal(self, envelope: Envelope, exc: InvalidMessage | Forbidden) -> Refused:
         if isinstance(exc, Forbidden):
             log.warning("forbidden request", request_id=envelope.request_id, reason=str(exc))
-        return Refused(
-            RetrievalResponse.failure(
-                envelope.request_id, exc.code, str(exc), worker_id=self._worker_id
-            )
+        response = RetrievalResponse.failure(
+            envelope.request_id, exc.code, str(exc), worker_id=self._worker_id
         )
+        return Refused(response, silent=isinstance(exc, ForeignReplyTo))
 
     def _note_redelivery(self, message: AbstractIncomingMessage) -> None:
         # Another worker died (or shut down) holding it, or processing crashed.

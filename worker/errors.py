@@ -7,6 +7,7 @@ from schemas.messages import ErrorCode, describe_validation_error
 __all__ = [
     "ConfigError",
     "Forbidden",
+    "ForeignReplyTo",
     "InvalidMessage",
     "RecallqError",
     "StoreMismatch",
@@ -30,6 +31,10 @@ class Forbidden(RecallqError):
     """The broker-validated user may not read the memory_id the request names."""
 
     code = ErrorCode.FORBIDDEN
+
+
+class ForeignReplyTo(Forbidden):
+    """reply_to names a queue that is not the sender's: refused without a reply."""
 
 
 class StoreUnavailable(RecallqError):

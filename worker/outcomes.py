@@ -20,9 +20,13 @@ class Answered:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Will never be served (invalid, expired). Reply if possible, then dead-letter."""
+    """Will never be served (invalid, expired). Reply if possible, then dead-letter.
+
+    `silent`: no reply at all, because reply_to is not the sender's to name (a reply
+    there would put a worker-signed message in someone else's queue)."""
 
     response: RetrievalResponse
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

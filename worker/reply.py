@@ -4,6 +4,7 @@
 | -------------------------- | ------------------------ | --------------------------------- |
 | Answered (ok, final error) | the response             | ack                               |
 | Refused (invalid, expired) | the error, if reply_to   | reject, no requeue: dead-lettered |
+| Refused, silent            | none (foreign reply_to)  | reject, no requeue: dead-lettered |
 | Crashed, deliveries left   | none                     | reject + requeue (counted)        |
 | Crashed, last delivery     | `internal`               | reject, no requeue: dead-lettered |
 | NotNow (shutdown)          | none                     | nack + requeue (not counted)      |
@@ -45,7 +46,7 @@ from schemas.messages import (
     ErrorCode,
     RetrievalResponse,
 )
-from schemas.topology import DELIVERY_LIMIT
+from schemas.topology import DELIVERY_LIMIT, Topology
 from worker.batch import Lane
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, NotNow, Outcome, Refused
@@ -124,10 +125,12 @@ class Settler:
         ledger: Unsettled,
         user_id: str | None = None,
         max_reply_bytes: int = MAX_REPLY_BYTES,
+        topology: Topology | None = None,
     ) -> None:
         # The channel must have publisher confirms and on_return_raises=True. `user_id`,
         # the worker's AMQP login, goes on every reply: clients can check who sent it.
         self._channel = channel
+        self._topology = topology or Topology()
         self._user_id = user_id
         self._max_reply_bytes = max_reply_bytes
         self._worker_id = worker_id
@@ -166,6 +169,9 @@ class Settler:
             case Answered(response):
                 await self._publish(envelope, response)
                 return Verdict.ACK
+            case Refused(response, silent=True):
+                self._observe(envelope, response)
+                return Verdict.DEAD
             case Refused(response):
                 await self._publish_best_effort(envelope, response)
                 return Verdict.DEAD
@@ -207,9 +213,8 @@ class Settler:
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )
         try:
-            await self._channel.default_exchange.publish(
-                reply, message.reply_to or "", mandatory=True
-            )
+            exchange = await self._topology.reply_exchange(self._channel)
+            await exchange.publish(reply, message.reply_to or "", mandatory=True)
         except PublishError:
             # The requester and its reply queue are gone; retrying cannot help.
             self._metrics.returned_replies.inc()

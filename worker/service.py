@@ -262,6 +262,7 @@ class Worker:
             self.unsettled,
             self.settings.amqp_user,
             self.settings.max_reply_bytes,
+            self.settings.topology,
         )
         consumer = Consumer(
             channels,

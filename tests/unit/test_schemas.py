@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from schemas.export import COMMITTED_DIR, render_schemas
 from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse
-from schemas.topology import Topology
+from schemas.settings import BrokerSettings
+from schemas.topology import Layout, Topology
 from worker.settings_table import render_settings_table
 
 GOOD: dict[str, Any] = {
@@ -130,9 +131,35 @@ def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
     for spec in (topology.requests, topology.bulk):
         assert spec.arguments["x-queue-type"] == "quorum"
         assert spec.arguments["x-delivery-limit"] == 5
-        assert spec.arguments["x-dead-letter-routing-key"] == "t1.dead"
+        assert spec.arguments["x-dead-letter-exchange"] == "t1.dead-letters"
+        assert spec.arguments["x-max-length"] == 2_500
+        assert spec.arguments["x-max-length-bytes"] == 64 * 2**20
+    assert topology.dead.arguments["x-overflow"] == "drop-head"
     assert topology.reply("abc").arguments["x-expires"] == 60_000
     assert topology.reply("abc").arguments["x-queue-type"] == "classic"
+
+
+def test_least_privilege_names_carry_the_owner_and_ownership_is_exact() -> None:
+    topology = Topology("t1", layout=Layout.LEAST_PRIVILEGE, owner="alice")
+    assert topology.reply("abc").name == "t1.reply.alice.abc"
+    assert topology.job("j1").name == "t1.job.alice.j1"
+    assert topology.owns("alice", "t1.reply.alice.abc")
+    assert topology.owns("alice", "t1.job.alice.j1")
+    assert not topology.owns("bob", "t1.reply.alice.abc")
+    assert not topology.owns("ali", "t1.reply.alice.abc")  # a prefix of a name is not it
+    assert not topology.owns("alice", "t1.requests")
+    assert not topology.owns("alice", "t2.reply.alice.abc")
+    assert not topology.owns(None, "t1.reply.alice.abc")
+    assert not topology.owns("a.b", "t1.reply.a.b.c")  # dotted users never own anything
+
+
+def test_least_privilege_refuses_user_names_that_could_cover_anothers() -> None:
+    with pytest.raises(ValidationError, match="user names"):
+        BrokerSettings(
+            amqp_url="amqp://alice.evil:x@localhost/", broker_topology=Layout.LEAST_PRIVILEGE
+        )
+    ok = BrokerSettings(amqp_url="amqp://alice:x@localhost/", broker_topology="least-privilege")
+    assert ok.topology.reply("c").name == "recallq.reply.alice.c"
 
 
 def test_readme_settings_table_matches_the_settings_model() -> None:
