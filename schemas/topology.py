@@ -164,7 +164,7 @@ class Topology:
             self.dead_letter_exchange, ExchangeType.FANOUT, durable=True
         )
         dead = await self.dead.declare(channel)
-        await dead.bind(dead_letters)
+        await dead.bind(dead_letters, routing_key="")
         requests = await self.requests.declare(channel)
         bulk = await self.bulk.declare(channel)
         if self.least_privilege:

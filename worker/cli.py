@@ -1,4 +1,5 @@
-"""`python -m worker run [--burst] | init | export | ingest FILE.jsonl`."""
+"""`python -m worker run [--burst] | init | export | ingest FILE.jsonl | definitions |
+dead-letters list|requeue|purge`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from worker.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
 from worker.embed import Embedder
 from worker.encoders import load_encoder, resolved
 from worker.errors import ConfigError, RecallqError
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ingest = commands.add_parser("ingest", help="embed and store memories from a JSONL file")
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--batch-size", type=int, default=64)
+    add_broker_commands(commands)
     args = parser.parse_args(argv)
 
     settings = WorkerSettings()
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_init(settings))
         elif args.command == "export":
             _export(settings)
+        elif args.command in BROKER_COMMANDS:
+            return run_broker_command(args, settings)
         else:
             if not args.file.is_file():
                 print(f"no such file: {args.file}", file=sys.stderr)

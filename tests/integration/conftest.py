@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from schemas.messages import MemoryType
+from schemas.topology import Layout
 from tests.conftest import DEMO_MEMORIES
 from tests.integration.secantus import RestartableSecantus
 from worker.embed import Embedder
@@ -45,14 +46,30 @@ async def amqp_url() -> str:
 
 
 @pytest.fixture
-async def settings(amqp_url: str) -> AsyncIterator[WorkerSettings]:
+def layout() -> Layout:
+    """The broker topology the `settings` fixture uses; suites that must hold in both
+    override this fixture with both layouts as params."""
+    return Layout.DEFAULT_EXCHANGE
+
+
+@pytest.fixture
+async def settings(amqp_url: str, layout: Layout) -> AsyncIterator[WorkerSettings]:
     """Worker settings with a queue prefix of this test's own; its queues deleted after."""
     prefix = f"recallq-test-{uuid.uuid4().hex[:10]}"
-    settings = WorkerSettings(amqp_url=amqp_url, queue_prefix=prefix, max_batch=64, metrics_port=0)
+    settings = WorkerSettings(
+        amqp_url=amqp_url, queue_prefix=prefix, max_batch=64, metrics_port=0, broker_topology=layout
+    )
     yield settings
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         await settings.topology.delete_shared(await connection.channel())
+
+
+async def declare_topology(settings: WorkerSettings) -> None:
+    """Declare the shared queues and exchanges as the broker's admin (guest) would."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        await settings.topology.declare_shared(await connection.channel())
 
 
 @asynccontextmanager

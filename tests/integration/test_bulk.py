@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from producer.bulk import BulkJob
 from producer.client import RetrievalClient
 from schemas.messages import MemoryType, RetrievalResponse
+from schemas.topology import Layout
 from tests.conftest import ROOT
 from tests.integration.conftest import running_worker
 from tests.oracle import Oracle, assert_hits_match
@@ -22,6 +25,10 @@ from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 
 LIMITS = {"long_term_memory": 3, "procedural_memory": 2}
+
+
+# The whole suite runs in both broker topologies (this overrides the `layout` fixture).
+pytestmark = pytest.mark.parametrize("layout", list(Layout), ids=str)
 
 
 def write_input(path: Path, questions: list[dict[str, str]], count: int) -> list[dict[str, object]]:
@@ -123,6 +130,7 @@ async def test_a_killed_client_process_resumes_exactly_once(
     output = tmp_path / "out.jsonl"
     env = {**os.environ, "RECALLQ_AMQP_URL": settings.amqp_url}
     env["RECALLQ_QUEUE_PREFIX"] = settings.queue_prefix
+    env["RECALLQ_BROKER_TOPOLOGY"] = settings.broker_topology.value
     command = [sys.executable, "-m", "producer", "bulk", str(tmp_path / "in.jsonl")]
     async with running_worker(settings, embedder, demo_store):
         client = await asyncio.create_subprocess_exec(

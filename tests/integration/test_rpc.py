@@ -6,15 +6,22 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from producer.client import Query, RetrievalClient
 from schemas.messages import MemoryType, RankWeights
-from tests.integration.conftest import running_worker
+from schemas.topology import Layout
+from tests.integration.conftest import declare_topology, running_worker
 from tests.oracle import Oracle, assert_hits_match
 from worker.embed import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 
 LIMITS = {"conversation_memory": 4, "long_term_memory": 3, "procedural_memory": 2}
+
+
+# The whole suite runs in both broker topologies (this overrides the `layout` fixture).
+pytestmark = pytest.mark.parametrize("layout", list(Layout), ids=str)
 
 
 async def test_round_trip_hits_equal_the_oracle(
@@ -78,6 +85,7 @@ async def test_200_concurrent_requests_are_batched_and_each_answered_once(
         for i in range(30)
         for q in demo_questions
     ][:200]
+    await declare_topology(settings)  # as an operator would; least-privilege clients may not
     async with RetrievalClient(settings, timeout=120) as client:
         # Publish all 200 before any worker runs, so the worker finds a backlog to batch.
         futures = await asyncio.gather(
