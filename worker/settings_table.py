@@ -1,14 +1,20 @@
-"""The README's settings table, rendered from the settings model so the two never drift."""
+"""The README's generated sections: the settings table (from the settings model) and the
+least-privilege permissions (from schemas.permissions), so text and code never drift."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
+from schemas.permissions import Role, rabbitmqctl_commands
+from schemas.topology import Layout, Topology
 from worker.settings import WorkerSettings
 
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
+PERMISSIONS_BEGIN = "<!-- permissions:begin -->"
+PERMISSIONS_END = "<!-- permissions:end -->"
 
 
 def render_settings_table() -> str:
@@ -20,11 +26,31 @@ def render_settings_table() -> str:
     return "\n".join([BEGIN, *rows, END])
 
 
+def render_permissions() -> str:
+    """rabbitmqctl calls for each role on the default prefix (after `add_user`)."""
+    topology = Topology(layout=Layout.LEAST_PRIVILEGE)
+    roles: list[tuple[Role, str]] = [
+        ("producer", "<user>"), ("worker", "recallq-worker"), ("admin", "recallq-admin"),
+    ]  # fmt: skip
+    lines = [PERMISSIONS_BEGIN, "```sh"]
+    for role, user in roles:
+        lines.append(f"# {role}")
+        commands = rabbitmqctl_commands(topology, role, user)
+        lines += [f"rabbitmqctl {shlex.join(command)}" for command in commands]
+    return "\n".join([*lines, "```", PERMISSIONS_END])
+
+
+def replace_section(text: str, begin: str, end: str, content: str) -> str:
+    before, _, rest = text.partition(begin)
+    _, _, after = rest.partition(end)
+    return before + content + after
+
+
 def update_readme(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    before, _, rest = text.partition(BEGIN)
-    _, _, after = rest.partition(END)
-    path.write_text(before + render_settings_table() + after, encoding="utf-8")
+    text = replace_section(text, BEGIN, END, render_settings_table())
+    text = replace_section(text, PERMISSIONS_BEGIN, PERMISSIONS_END, render_permissions())
+    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl; its output. (It may run as the broker's own OS user, which
+    reads files only where that user may.)"""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"rabbitmqctl {args[0]}: {done.stderr.strip()[-500:]}"
+    return done.stdout
 
 
 @pytest.fixture
