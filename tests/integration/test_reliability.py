@@ -8,14 +8,16 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
 
 from benchmarks.processes import WorkerProcess
-from producer.client import Query, RetrievalClient, RetrievalOverloaded
+from producer.client import Query, RetrievalClient, RetrievalOverloaded, RetrievalTimeout
 from schemas.messages import ErrorCode, MemoryType, RetrievalResponse
 from tests.integration.conftest import running_worker
+from tests.integration.test_invalid_messages import next_message
 from tests.stores import WrappedStore
 from worker.embed import Embedder
 from worker.errors import StoreUnavailable
@@ -160,3 +162,62 @@ async def test_a_locked_sqlite_file_fails_writes_retryably_and_never_blocks_read
         locker.close()
     await store.upsert([memory], embedder.encode([memory.content]))  # recovered
     await store.close()
+
+
+async def test_requests_that_expire_in_the_queue_never_reach_the_model(
+    settings: WorkerSettings,
+    embedder: Embedder,
+    demo_store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    embedded: list[str] = []
+    embed = embedder.embed
+
+    async def recording(texts: Sequence[str]) -> Any:
+        embedded.extend(texts)
+        return await embed(texts)
+
+    monkeypatch.setattr(embedder, "embed", recording)
+    probes = [Query(f"expired probe {i}", "travel-concierge:maya", LIMITS) for i in range(20)]
+    async with RetrievalClient(settings, timeout=30) as client:
+        futures = [await client.submit(probe, timeout=0.3) for probe in probes]
+        for future in futures:  # no worker yet: every caller gives up first
+            with pytest.raises(RetrievalTimeout):
+                await client.wait(future, 0.3)
+        async with running_worker(settings, embedder, demo_store) as worker:
+            fresh = await client.retrieve("Which seat?", "travel-concierge:maya", LIMITS)
+    assert fresh.status == "ok"
+    assert not [text for text in embedded if text.startswith("expired probe")]
+    assert worker.stats.requests == 1
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        dead = await settings.topology.dead.declare(await connection.channel())
+        letters = [await next_message(dead) for _ in probes]  # dropped by the broker
+    assert {(m.headers or {}).get("x-first-death-reason") for m in letters} == {"expired"}
+
+
+async def test_an_oversized_reply_is_one_clear_error_settled_once(
+    settings: WorkerSettings, embedder: Embedder, demo_store: SQLiteStore
+) -> None:
+    tight = settings.model_copy(update={"max_reply_bytes": 4_000})
+    big = Query("Anything at all?", "travel-concierge:maya", {t: 20 for t in MemoryType})
+    small = Query("Which seat?", "travel-concierge:maya", {"long_term_memory": 1})
+    async with (
+        running_worker(tight, embedder, demo_store) as worker,
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        too_big, *others = await client.retrieve_many([big, small, small, small])
+        after = await client.retrieve("Which seat?", "travel-concierge:maya", LIMITS)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        queue = await (await connection.channel()).declare_queue(
+            settings.topology.requests.name, passive=True
+        )
+        dead = await settings.topology.dead.declare(await connection.channel())
+    assert too_big.status == "error" and too_big.error is not None
+    assert too_big.error.code == ErrorCode.INVALID_REQUEST and not too_big.error.retryable
+    assert "RECALLQ_MAX_REPLY_BYTES" in too_big.error.message
+    assert all(reply.status == "ok" for reply in [*others, after])
+    assert worker.stats.redeliveries == 0 and client.dropped_replies == 0
+    assert queue.declaration_result.message_count == 0  # acked, not bounced back
+    assert dead.declaration_result.message_count == 0
