@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bulk_interactive, chaos, harness
+from benchmarks import bulk_interactive, chaos, harness, overload
 from benchmarks.common import RESULTS
 
 
@@ -19,6 +19,10 @@ def main() -> None:
     chaos_cmd.add_argument("--requests", type=int, default=10_000)
     chaos_cmd.add_argument("--kills", type=int, default=4, help="SIGKILLs of one worker")
     chaos_cmd.add_argument("--no-broker-restart", action="store_true")
+    burst = commands.add_parser("overload", help="a burst of 10 x the queue bound, one worker")
+    burst.add_argument("--factor", type=int, default=10, help="burst size / queue bound")
+    burst.add_argument("--rate", type=float, default=2_500.0, help="offered req/s in the burst")
+    burst.add_argument("--quick", action="store_true", help="a small smoke run")
     bulk = commands.add_parser("bulk-interactive", help="RPC latency while a bulk job runs")
     bulk.add_argument("--quick", action="store_true", help="a small run (about a minute)")
     args = parser.parse_args()
@@ -26,6 +30,8 @@ def main() -> None:
         harness.main(quick=args.quick, results_dir=args.results)
     elif args.command == "bulk-interactive":
         bulk_interactive.main(quick=args.quick)
+    elif args.command == "overload":
+        overload.main(args.factor, args.rate, quick=args.quick)
     elif args.command == "chaos":
         raise SystemExit(chaos.main(args.requests, args.kills, not args.no_broker_restart))
 

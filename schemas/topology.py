@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 DELIVERY_LIMIT = 5
-# Requests a request queue holds: about what the workers answer within a caller's
-# timeout (measured ~250 req/s per 2-core worker x the client's default 10 s), so a
-# request that gets in is likely answered in time and the rest are refused at once.
-MAX_QUEUED = 2_500
+# Requests a request queue holds: what the workers answer within a caller's timeout
+# (one 2-core worker, measured under a burst: ~150 req/s, x the client's default
+# 10 s), so a request that gets in is answered in time and the rest are refused at
+# once. A longer queue only turns refusals into timeouts (benchmarks/overload.py).
+MAX_QUEUED = 1_500
 MAX_QUEUED_BYTES = 64 * 2**20
 MAX_DEAD_LETTERS = 10_000  # oldest dropped first
 REPLY_QUEUE_TTL_MS = 60_000

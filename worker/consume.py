@@ -26,7 +26,8 @@ from schemas.topology import Topology
 from worker.batch import Batcher, Lane
 from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage, describe_validation_error
 from worker.metrics import Metrics
-from worker.outcomes import Crashed, Outcome, Refused
+from worker.outcomes import Crashed, Expired, Outcome, Refused
+from worker.pipeline import expired, past_deadline
 from worker.reply import Envelope, delivery_count, safe_request_id
 from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
@@ -149,7 +150,8 @@ class Consumer:
         if message.redelivered:
             self._note_redelivery(message)
         try:
-            self._accept(message, lane, received)
+            if (late := self._accept(message, lane, received)) is not None:
+                await self._settle(self._envelope(message, lane, received), late)
         except (InvalidMessage, Forbidden) as exc:
             envelope = self._envelope(message, lane, received)
             await self._settle(envelope, self._refusal(envelope, exc))
@@ -157,7 +159,11 @@ class Consumer:
             log.exception("consuming a delivery crashed", request_id=message.correlation_id)
             await self._settle(self._envelope(message, lane, received), Crashed(repr(exc)))
 
-    def _accept(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> None:
+    def _accept(
+        self, message: AbstractIncomingMessage, lane: Lane, received: float
+    ) -> Expired | None:
+        """Batch the request; or Expired, when its caller has already given up (it then
+        takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
         if self._topology.least_privilege and not self._topology.owns(
             message.user_id, message.reply_to or ""
@@ -167,9 +173,12 @@ class Consumer:
             )
         if self._policy is not None:  # before any work: the model never sees a refused query
             self._policy.check(message.user_id, request.memory_id)
+        if past_deadline(request, time.time()):
+            return expired(request.request_id, self._worker_id, "while it was queued")
         envelope = Envelope(message, lane, received, request.request_id)
         tokens = self._count_tokens(request.query)
         self._batcher.put(Delivery(request, envelope, tokens), lane, tokens)
+        return None
 
     def _envelope(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> Envelope:
         return Envelope(message, lane, received, safe_request_id(message))

@@ -43,7 +43,7 @@ class Lane:
 
     @classmethod
     def start(cls, spec: EncoderSpec, index: int) -> Lane:
-        thread = single_thread(f"recallq-embed-{index}")
+        thread = single_thread(f"recallq-embed-{index}", spec.nice)
         return cls(thread.submit(load_encoder, spec).result(), thread)
 
     def run(self, work: Callable[..., T], *args: Any) -> T:

@@ -30,6 +30,15 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class Expired:
+    """Its deadline passed before it was served. Reply `expired`, then ack: its caller
+    has given up, and there is nothing to inspect or requeue, so it is not
+    dead-lettered (under overload that would double the broker's work)."""
+
+    response: RetrievalResponse
+
+
+@dataclass(frozen=True, slots=True)
 class Crashed:
     """Processing raised. Retry elsewhere while deliveries remain, then give up."""
 
@@ -43,4 +52,4 @@ class NotNow:
     reason: str
 
 
-Outcome = Answered | Refused | Crashed | NotNow
+Outcome = Answered | Refused | Expired | Crashed | NotNow

@@ -29,7 +29,7 @@ from schemas.messages import (
 )
 from worker.errors import RecallqError, StoreUnavailable
 from worker.metrics import Metrics
-from worker.outcomes import Answered, Crashed, Outcome, Refused
+from worker.outcomes import Answered, Crashed, Expired, Outcome
 from worker.retry import Deadline, deadlines_for, with_deadlines
 from worker.search import search_and_rank
 from worker.store.base import MemoryStore, Vectors
@@ -84,7 +84,7 @@ async def process(
     can form the next batch while this one searches.
     """
     started = _Clock.now()
-    live = [i for i, q in enumerate(batch) if not _past(q.request, started.wall)]
+    live = [i for i, q in enumerate(batch) if not past_deadline(q.request, started.wall)]
     requests = [batch[i].request for i in live]
     try:
         if not live:  # nothing to embed, search or time
@@ -172,7 +172,7 @@ def _outcome(
 ) -> Outcome:
     """The response, built once with its timings: ok, or the request's coded error."""
     request = queued.request
-    if _past(request, time.time()):
+    if past_deadline(request, time.time()):
         return _expired(queued, stages, "while it was processed")
     took = Timings(
         queue_ms=(timings.started.mono - queued.received) * 1000,
@@ -197,15 +197,16 @@ def _error_info(error: RecallqError) -> ErrorInfo:
     return ErrorInfo(code=error.code, message=str(error), retryable=error.retryable)
 
 
-def _expired(queued: Queued, stages: Stages, when: str) -> Refused:
+def _expired(queued: Queued, stages: Stages, when: str) -> Expired:
+    return expired(queued.request.request_id, stages.worker_id, when)
+
+
+def expired(request_id: str, worker_id: str, when: str) -> Expired:
     response = RetrievalResponse.failure(
-        queued.request.request_id,
-        ErrorCode.EXPIRED,
-        f"deadline passed {when}",
-        worker_id=stages.worker_id,
+        request_id, ErrorCode.EXPIRED, f"deadline passed {when}", worker_id=worker_id
     )
-    return Refused(response)
+    return Expired(response)
 
 
-def _past(request: RetrievalRequest, now_wall: float) -> bool:
+def past_deadline(request: RetrievalRequest, now_wall: float) -> bool:
     return request.deadline_ms is not None and request.deadline_ms <= now_wall * 1000

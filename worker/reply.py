@@ -3,8 +3,9 @@
 | outcome                    | reply                    | then                              |
 | -------------------------- | ------------------------ | --------------------------------- |
 | Answered (ok, final error) | the response             | ack                               |
-| Refused (invalid, expired) | the error, if reply_to   | reject, no requeue: dead-lettered |
+| Refused (invalid, forbidden) | the error, if reply_to | reject, no requeue: dead-lettered |
 | Refused, silent            | none (foreign reply_to)  | reject, no requeue: dead-lettered |
+| Expired (deadline passed)  | `expired`                | ack                               |
 | Crashed, deliveries left   | none                     | reject + requeue (counted)        |
 | Crashed, last delivery     | `internal`               | reject, no requeue: dead-lettered |
 | NotNow (shutdown)          | none                     | nack + requeue (not counted)      |
@@ -49,7 +50,7 @@ from schemas.messages import (
 from schemas.topology import DELIVERY_LIMIT, Topology
 from worker.batch import Lane
 from worker.metrics import Metrics
-from worker.outcomes import Answered, Crashed, NotNow, Outcome, Refused
+from worker.outcomes import Answered, Crashed, Expired, NotNow, Outcome, Refused
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)
@@ -175,6 +176,9 @@ class Settler:
             case Refused(response):
                 await self._publish_best_effort(envelope, response)
                 return Verdict.DEAD
+            case Expired(response):
+                await self._publish_best_effort(envelope, response)
+                return Verdict.ACK
             case Crashed(error) if delivery_count(envelope.message) + 1 >= DELIVERY_LIMIT:
                 log.error("request gave up", request_id=envelope.request_id, error=error)
                 await self._publish_best_effort(envelope, self._gave_up(envelope.request_id))

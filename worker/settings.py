@@ -53,6 +53,13 @@ class WorkerSettings(BrokerSettings):
     embed_spinning: bool = Field(
         default=False, description="Let idle ONNX Runtime threads spin (uses CPU the broker needs)."
     )
+    embed_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="OS nice value of the model's threads: above 0 they yield the CPU to the "
+        "event loop and, on a shared host, to the broker.",
+    )
     embed_cache_size: int = Field(
         default=10_000, ge=0, description="Recent query vectors kept (LRU); 0 = no cache."
     )
@@ -175,6 +182,7 @@ class WorkerSettings(BrokerSettings):
             lanes=self.embed_lanes,
             threads=self.embed_threads,
             spinning=self.embed_spinning,
+            nice=self.embed_nice,
         )
 
     @model_validator(mode="after")

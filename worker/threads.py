@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +28,19 @@ def name_os_thread(name: str) -> None:
         return
 
 
-def single_thread(name: str) -> ThreadPoolExecutor:
-    """One worker thread, named `name` in Python and in the kernel."""
+def single_thread(name: str, nice: int = 0) -> ThreadPoolExecutor:
+    """One worker thread, named `name` in Python and in the kernel, at OS priority
+    `nice` (threads it starts, such as ONNX Runtime's pool, inherit it)."""
     return ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,)
+        max_workers=1, thread_name_prefix=name, initializer=_start_thread, initargs=(name, nice)
     )
+
+
+def _start_thread(name: str, nice: int) -> None:
+    name_os_thread(name)
+    if nice and hasattr(os, "setpriority"):
+        # Linux keeps a nice value per thread: this lowers only the calling thread.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def name_main_thread() -> None:

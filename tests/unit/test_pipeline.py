@@ -13,7 +13,7 @@ from tests.oracle import Oracle, assert_hits_match
 from tests.stores import WrappedStore
 from worker.embed import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
-from worker.outcomes import Answered, Crashed, Outcome, Refused
+from worker.outcomes import Answered, Crashed, Expired, Outcome, Refused
 from worker.pipeline import Stages, process, process_isolated
 from worker.store import GroupResult, SearchGroup, SQLiteStore
 
@@ -65,7 +65,7 @@ def by_id(batch: Sequence[Queued], outcomes: Sequence[Outcome]) -> dict[str, Out
 
 
 def code_of(outcome: Outcome) -> ErrorCode | None:
-    assert isinstance(outcome, Answered | Refused), outcome
+    assert isinstance(outcome, Answered | Refused | Expired), outcome
     return outcome.response.error.code if outcome.response.error else None
 
 
@@ -84,7 +84,7 @@ async def test_good_expired_and_poison_requests_each_get_their_outcome(
         batch, await process_isolated(batch, stages(embedder, FaultyStore(demo_store)))
     )
 
-    assert isinstance(outcomes["late"], Refused) and code_of(outcomes["late"]) == ErrorCode.EXPIRED
+    assert isinstance(outcomes["late"], Expired) and code_of(outcomes["late"]) == ErrorCode.EXPIRED
     assert isinstance(outcomes["poison"], Crashed)
     now = time.time()
     for item, question in zip(good, demo_questions, strict=True):
@@ -114,7 +114,7 @@ async def test_a_whole_batch_is_answered_in_one_pass_with_its_timings(
         timings = response.timings
         assert timings.queue_ms >= 0 and timings.embed_ms > 0 and timings.search_ms > 0
         assert timings.total_ms >= timings.queue_ms + timings.embed_ms + timings.search_ms - 1e-6
-    assert isinstance(outcomes[-1], Refused)
+    assert isinstance(outcomes[-1], Expired)
 
 
 async def test_a_poison_request_makes_process_raise_and_isolation_keeps_the_rest(

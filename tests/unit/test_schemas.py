@@ -132,7 +132,7 @@ def test_topology_names_follow_the_prefix_and_dead_letter_explicitly() -> None:
         assert spec.arguments["x-queue-type"] == "quorum"
         assert spec.arguments["x-delivery-limit"] == 5
         assert spec.arguments["x-dead-letter-exchange"] == "t1.dead-letters"
-        assert spec.arguments["x-max-length"] == 2_500
+        assert spec.arguments["x-max-length"] == 1_500
         assert spec.arguments["x-max-length-bytes"] == 64 * 2**20
     assert topology.dead.arguments["x-overflow"] == "drop-head"
     assert topology.reply("abc").arguments["x-expires"] == 60_000

@@ -44,6 +44,7 @@ class EncoderSpec:
     lanes: int = 0  # model copies run side by side; 0 = one per CPU (ONNX on CPU), else 1
     threads: int = 0  # ONNX intra-op threads per lane; 0 = the CPUs shared among the lanes
     spinning: bool = False
+    nice: int = 0  # OS priority of the lane threads (and the model's own threads)
 
 
 def bundled_model_path() -> str:
