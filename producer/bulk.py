@@ -32,6 +32,7 @@ from aio_pika.exceptions import DeliveryError
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from producer.client import PUBLISH_ERRORS
 from producer.jobfiles import Plan, read_plan, write_bad_lines, written_request_ids
 from schemas.messages import (
     CONTENT_TYPE,
@@ -169,7 +170,9 @@ class BulkJob:
 
 
 async def publish_until_accepted(exchange: AbstractExchange, message: Message, queue: str) -> None:
-    """A full bulk queue nacks the publish: back off and offer it again (no duplicate risk)."""
+    """A full bulk queue nacks the publish, a lost connection fails it: back off and offer
+    it again. A request that did get in before the connection went is then queued twice;
+    its second result is dropped as a duplicate, so the output still has it once."""
     delay = 0.1
     while True:
         try:
@@ -177,8 +180,10 @@ async def publish_until_accepted(exchange: AbstractExchange, message: Message, q
             return
         except DeliveryError:
             log.info("bulk queue full; backing off", delay_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 5.0)
+        except PUBLISH_ERRORS as exc:
+            log.info("publish failed; retrying after reconnect", delay_s=delay, error=repr(exc))
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 5.0)
 
 
 class _Collector:
@@ -208,27 +213,29 @@ class _Collector:
         if not self._trusts(message.user_id):
             self.summary.untrusted_dropped += 1
             log.warning("result from an untrusted user dropped", user_id=message.user_id)
-            await message.ack()
+            await _ack(message)
             return
         try:
             response = RetrievalResponse.model_validate_json(message.body)
         except ValidationError:
             log.warning("unreadable result dropped", correlation_id=message.correlation_id)
-            await message.ack()
+            await _ack(message)
             return
         if response.request_id not in self.awaited:
             self.summary.duplicates_dropped += 1
-            await message.ack()
+            await _ack(message)
             return
         assert self._output is not None and self._bar is not None
         self._output.write(response.model_dump_json() + "\n")
         self._output.flush()
-        await message.ack()
+        # Written: from here on a redelivery of this result is a duplicate, even if
+        # the ack below is lost with the connection (the broker then redelivers it).
         self.awaited.discard(response.request_id)
         self.window.release()
         self._count(response)
         if not self.awaited:
             self.finished.set()
+        await _ack(message)
 
     def _count(self, response: RetrievalResponse) -> None:
         assert self._bar is not None
@@ -241,3 +248,12 @@ class _Collector:
             self._bar.set_postfix(errors=errors, refresh=False)
         if self._on_result is not None:
             self._on_result(response)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack, or leave it to the broker: an ack lost with its channel means a redelivery,
+    which the collector drops as a duplicate."""
+    try:
+        await message.ack()
+    except PUBLISH_ERRORS as exc:
+        log.info("ack lost with the connection; the result will be redelivered", error=repr(exc))
