@@ -18,7 +18,11 @@ def main() -> None:
     chaos_cmd = commands.add_parser("chaos", help="kill workers and restart the broker under load")
     chaos_cmd.add_argument("--requests", type=int, default=10_000)
     chaos_cmd.add_argument("--kills", type=int, default=4, help="SIGKILLs of one worker")
-    chaos_cmd.add_argument("--no-broker-restart", action="store_true")
+    chaos_cmd.add_argument(
+        "--cluster", type=int, default=1,
+        help="RabbitMQ nodes of the run's own (1: one node stopped and started; 3: a cluster "
+        "whose leader node is killed); 0: RECALLQ_AMQP_URL, no broker failure",
+    )  # fmt: skip
     burst = commands.add_parser("overload", help="a burst of 10 x the queue bound, one worker")
     burst.add_argument("--factor", type=int, default=10, help="burst size / queue bound")
     burst.add_argument("--rate", type=float, default=2_500.0, help="offered req/s in the burst")
@@ -33,7 +37,7 @@ def main() -> None:
     elif args.command == "overload":
         overload.main(args.factor, args.rate, quick=args.quick)
     elif args.command == "chaos":
-        raise SystemExit(chaos.main(args.requests, args.kills, not args.no_broker_restart))
+        raise SystemExit(chaos.main(args.requests, args.kills, args.cluster))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from benchmarks.chaos import run_chaos
 
 
 async def test_a_short_chaos_run_loses_nothing(amqp_url: str, tmp_path: Path) -> None:
-    report = await run_chaos(requests=400, kills=1, broker_restart=False, workdir=tmp_path)
+    report = await run_chaos(requests=400, kills=1, workdir=tmp_path)
     assert report.kills == 1
     assert report.answered_at_kills[0] < 400, "the kill came after the work was done"
     assert report.lost == []
