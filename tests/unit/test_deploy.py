@@ -28,7 +28,9 @@ def compose() -> dict[str, Any]:
 
 def test_compose_has_every_service_and_two_worker_replicas() -> None:
     services = compose()["services"]
-    assert set(services) == {"rabbitmq", "mongodb", "init", "worker", "worker-gpu", "prometheus"}
+    assert set(services) == {
+        "broker-definitions", "rabbitmq", "mongodb", "init", "worker", "worker-gpu", "prometheus",
+    }  # fmt: skip
     assert services["worker"]["deploy"]["replicas"] == 2
     assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
@@ -44,6 +46,28 @@ def test_workers_reach_atlas_local_directly_and_secrets_come_from_the_environmen
     for url in (env["RECALLQ_STORE_URL"], env["RECALLQ_AMQP_URL"]):
         assert re.search(r"\$\{[A-Z_]+PASSWORD", url), f"password not from the environment: {url}"
     assert set(env) <= {f"RECALLQ_{name.upper()}" for name in WorkerSettings.model_fields}
+
+
+def test_the_broker_boots_with_the_least_privilege_definitions_workers_use() -> None:
+    services = compose()["services"]
+    definitions = services["broker-definitions"]
+    assert definitions["command"][:2] == ["worker", "definitions"]
+    users = [arg.split("=", 1)[1] for arg in definitions["command"] if arg.startswith("--user")]
+    roles = [user.split(":")[0] for user in users]
+    assert sorted(roles) == ["admin", "producer", "worker"]
+    for variable in definitions["environment"].values():
+        assert re.fullmatch(r"\$\{RABBITMQ_[A-Z_]*PASSWORD:-[^}]*\}", variable), variable
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["depends_on"]["broker-definitions"]["condition"] == (
+        "service_completed_successfully"
+    )
+    [conf] = [v for v in rabbitmq["volumes"] if v.startswith("./deploy/rabbitmq/")]
+    loaded = (ROOT / conf.split(":")[0]).read_text()
+    assert "load_definitions = /etc/rabbitmq/definitions/definitions.json" in loaded
+    assert "rabbitmq-definitions:/etc/rabbitmq/definitions:ro" in rabbitmq["volumes"]
+    env = services["worker"]["environment"]
+    assert env["RECALLQ_BROKER_TOPOLOGY"] == "least-privilege"
+    assert env["RECALLQ_WORKER_USERS"] in env["RECALLQ_AMQP_URL"]
 
 
 def test_the_gpu_profile_reserves_an_nvidia_device() -> None:
