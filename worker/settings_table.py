@@ -41,8 +41,10 @@ def render_permissions() -> str:
 
 
 def replace_section(text: str, begin: str, end: str, content: str) -> str:
-    before, _, rest = text.partition(begin)
-    _, _, after = rest.partition(end)
+    before, found, rest = text.partition(begin)
+    _, closed, after = rest.partition(end)
+    if not (found and closed):
+        raise ValueError(f"README lacks the {begin} ... {end} markers")
     return before + content + after
 
 

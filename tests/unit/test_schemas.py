@@ -15,7 +15,7 @@ from schemas.export import COMMITTED_DIR, render_schemas
 from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse
 from schemas.settings import BrokerSettings
 from schemas.topology import Layout, Topology
-from worker.settings_table import render_settings_table
+from worker.settings_table import render_permissions, render_settings_table
 
 GOOD: dict[str, Any] = {
     "request_id": "r-1",
@@ -165,6 +165,11 @@ def test_least_privilege_refuses_user_names_that_could_cover_anothers() -> None:
 def test_readme_settings_table_matches_the_settings_model() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert render_settings_table() in readme, "README settings table is stale: run `make schemas`"
+
+
+def test_readme_permission_commands_match_the_permissions_code() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert render_permissions() in readme, "README permissions are stale: run `make schemas`"
 
 
 json_values = st.recursive(
