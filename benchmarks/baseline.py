@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.messages import MemoryType, RetrievalRequest, RetrievalResponse, Timings
+from schemas.messages import RetrievalRequest, RetrievalResponse, Timings
 from worker.encoders import EncoderSpec, load_encoder
 from worker.rank import rank
 from worker.store import Candidate, Memory
@@ -56,12 +56,12 @@ class BaselineRetriever:
         )
 
     def _search(
-        self, memory_type: MemoryType, memory_id: str, vector: np.ndarray, k: int
+        self, memory_type: str, memory_id: str, vector: np.ndarray, k: int
     ) -> list[Candidate]:
         rows = self._db.execute(
             "SELECT id, content, timestamp, role, importance, situational_tags, embedding "
             "FROM memories WHERE memory_type = ? AND memory_id = ?",
-            (memory_type.value, memory_id),
+            (memory_type, memory_id),
         ).fetchall()
         if not rows:
             return []

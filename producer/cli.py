@@ -120,7 +120,7 @@ def render(query: str, response: RetrievalResponse, round_trip_ms: float | None 
         lines.append(f"  error {response.error.code}: {response.error.message}")
     now = time.time()
     for memory_type, hits in response.results.items():
-        lines.append(f"  {memory_type.value} ({len(hits)})")
+        lines.append(f"  {memory_type} ({len(hits)})")
         if not hits:
             lines.append("    (no memories)")
         for rank, hit in enumerate(hits, start=1):

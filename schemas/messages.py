@@ -32,7 +32,9 @@ MAX_DEADLINE_MS = 253_402_300_799_999
 
 
 class MemoryType(StrEnum):
-    """The memory collections, named as memorizz names them."""
+    """The memory types of the built-in `recallq` store profile. A deployment may serve
+    others (the `memorizz` profile serves memorizz's), so on the wire a memory type is
+    any `MemoryTypeName`; the worker refuses the ones it does not serve."""
 
     CONVERSATION = "conversation_memory"
     LONG_TERM = "long_term_memory"
@@ -55,6 +57,7 @@ class ErrorCode(StrEnum):
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 Limit = Annotated[StrictInt, Field(ge=1, le=100)]
+MemoryTypeName = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Weight = Annotated[float, Field(ge=0.0, le=10.0, strict=False)]
 
 
@@ -77,7 +80,10 @@ class RetrievalRequest(BaseModel):
     request_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     query: StrictStr
     memory_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
-    limits: Annotated[dict[MemoryType, Limit], Field(min_length=1, max_length=8)]
+    limits: Annotated[
+        dict[MemoryTypeName, Limit],
+        Field(min_length=1, max_length=8, description="Memory type -> hits wanted."),
+    ]
     deadline_ms: StrictInt | None = Field(
         default=None,
         ge=0,
@@ -119,20 +125,12 @@ class RetrievalRequest(BaseModel):
             raise ValueError("query must be 1..4096 characters after stripping")
         return stripped
 
-    @field_validator("limits", mode="before")
-    @classmethod
-    def _limits_is_object(cls, value: object) -> object:
-        # Strict mode would reject the str keys of JSON before the enum sees them.
-        if isinstance(value, dict):
-            return {MemoryType(key) if isinstance(key, str) else key: v for key, v in value.items()}
-        return value
-
 
 class MemoryHit(BaseModel):
     """One retrieved memory, best first within its memory type."""
 
     id: str
-    memory_type: MemoryType
+    memory_type: str
     content: str
     summary_content: str | None = None
     role: str | None = None
@@ -167,7 +165,7 @@ class RetrievalResponse(BaseModel):
 
     request_id: str
     status: Literal["ok", "error"]
-    results: dict[MemoryType, list[MemoryHit]] = Field(default_factory=dict)
+    results: dict[str, list[MemoryHit]] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
     batch_size: int = 0

@@ -28,6 +28,7 @@ from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage, describe_va
 from worker.metrics import Metrics
 from worker.outcomes import Crashed, Expired, Outcome, Refused
 from worker.pipeline import expired, past_deadline
+from worker.profiles import Profile, load_profile
 from worker.reply import Envelope, delivery_count, safe_request_id
 from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
@@ -99,7 +100,9 @@ class Consumer:
         worker_id: str,
         metrics: Metrics,
         policy: TenantPolicy | None = None,
+        profile: Profile | None = None,
     ) -> None:
+        self._profile = profile or load_profile("recallq")
         self._metrics = metrics
         self._policy = policy
         self._channels = channels
@@ -165,6 +168,7 @@ class Consumer:
         """Batch the request; or Expired, when its caller has already given up (it then
         takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
+        self._profile.check(request.limits)  # a type this deployment does not serve
         if self._topology.least_privilege and not self._topology.owns(
             message.user_id, message.reply_to or ""
         ):

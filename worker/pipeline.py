@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,7 +22,6 @@ from schemas.messages import (
     ErrorCode,
     ErrorInfo,
     MemoryHit,
-    MemoryType,
     RetrievalRequest,
     RetrievalResponse,
     Timings,
@@ -37,7 +36,7 @@ from worker.store.base import MemoryStore, Vectors
 log = structlog.get_logger(__name__)
 
 Embed = Callable[[Sequence[str]], Awaitable[Vectors]]
-Hits = dict[MemoryType, list[MemoryHit]]
+Hits = dict[str, list[MemoryHit]]
 
 
 class Queued(Protocol):
@@ -61,6 +60,7 @@ class Stages:
     store_retry_s: float = 10.0
     metrics: Metrics = field(default_factory=Metrics)
     store_mode: str = ""
+    collections: Mapping[str, str] | None = None  # memory type -> collection (the profile)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ async def _search(
             candidate_factor=stages.candidate_factor,
             now=started.wall,
             observe=stages.metrics.search_seconds.labels(store_mode=stages.store_mode).observe,
+            collections=stages.collections,
         )
 
     try:

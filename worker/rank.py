@@ -36,22 +36,24 @@ def rank(
     now: float,
     weights: RankWeights | None = None,
     min_score: float | None = None,
+    memory_type: str | None = None,
 ) -> list[MemoryHit]:
-    """The top `limit` candidates by signal, best first (ties: higher cosine, then id)."""
+    """The top `limit` candidates by signal, best first (ties: higher cosine, then id).
+    `memory_type`: the name the request used (its hits carry it), if not the stored one."""
     weights = weights or DEFAULT_WEIGHTS
     kept = [c for c in candidates if min_score is None or c.score >= min_score]
     scored = [(memory_signal(c, now, weights), c) for c in kept]
     scored.sort(key=lambda pair: (-pair[0], -pair[1].score, pair[1].memory.id))
-    return [_hit(candidate, signal) for signal, candidate in scored[:limit]]
+    return [_hit(candidate, signal, memory_type) for signal, candidate in scored[:limit]]
 
 
-def _hit(candidate: Candidate, signal: float) -> MemoryHit:
+def _hit(candidate: Candidate, signal: float, memory_type: str | None) -> MemoryHit:
     memory = candidate.memory
     # model_construct: the fields come from the store and the ranker, not from a message,
     # and validating ~15 hits per request was 2% of the worker's time under load.
     return MemoryHit.model_construct(
         id=memory.id,
-        memory_type=memory.memory_type,
+        memory_type=memory_type or memory.memory_type,
         content=memory.content,
         summary_content=memory.summary_content,
         role=memory.role,

@@ -1,36 +1,45 @@
-"""The search stage: group a batch by (memory type, memory_id), search, rank per request."""
+"""The search stage: group a batch by (collection, memory_id), search, rank per request.
+
+Memory types name what a request wants; the store profile says which collection
+each lives in. Two types in one collection (an alias) share one search.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from schemas.messages import MemoryHit, MemoryType, RetrievalRequest
+from schemas.messages import MemoryHit, RetrievalRequest
 from worker.rank import rank
 from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
 
 log = structlog.get_logger(__name__)
 
-Slot = tuple[int, MemoryType]  # (request index in batch, memory type)
+Slot = tuple[int, str]  # (request index in batch, memory type)
 Observe = Callable[[float], None]  # seconds of the batch's one store call
 
 
 def build_groups(
-    requests: Sequence[RetrievalRequest], vectors: Vectors, candidate_factor: int
+    requests: Sequence[RetrievalRequest],
+    vectors: Vectors,
+    candidate_factor: int,
+    collections: Mapping[str, str] | None = None,
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
-    """One group per (memory type, memory_id); for each group, the slots it answers."""
-    members: dict[tuple[MemoryType, str], list[Slot]] = defaultdict(list)
+    """One group per (collection, memory_id); for each group, the slots it answers.
+    `collections` maps memory types to collections (default: the same name)."""
+    members: dict[tuple[str, str], list[Slot]] = defaultdict(list)
     for index, request in enumerate(requests):
         for memory_type in request.limits:
-            members[(memory_type, request.memory_id)].append((index, memory_type))
+            collection = collections[memory_type] if collections else memory_type
+            members[(collection, request.memory_id)].append((index, memory_type))
     groups = []
-    for (memory_type, memory_id), slots in members.items():
+    for (collection, memory_id), slots in members.items():
         rows = [index for index, _ in slots]
-        ks = tuple(requests[i].limits[memory_type] * candidate_factor for i in rows)
-        groups.append(SearchGroup(memory_type, memory_id, vectors[rows], ks))
+        ks = tuple(requests[i].limits[t] * candidate_factor for i, t in slots)
+        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks))
     return groups, list(members.values())
 
 
@@ -42,12 +51,13 @@ async def search_and_rank(
     candidate_factor: int,
     now: float,
     observe: Observe | None = None,
-) -> list[dict[MemoryType, list[MemoryHit]]]:
+    collections: Mapping[str, str] | None = None,
+) -> list[dict[str, list[MemoryHit]]]:
     """Ranked hits per memory type for every request, in request order.
 
     Store errors propagate (StoreUnavailable is retried by the caller).
     """
-    groups, slots_of_group = build_groups(requests, vectors, candidate_factor)
+    groups, slots_of_group = build_groups(requests, vectors, candidate_factor, collections)
     # One call for every group of the batch: the store runs them as it runs best (the
     # embedded store on its thread in one hop, MongoDB concurrently); a call per memory
     # type cost the embedded store two more thread hops (~1 ms at idle on 2 cores).
@@ -55,7 +65,7 @@ async def search_and_rank(
     found = await store.search(groups)
     if observe is not None:
         observe(time.monotonic() - started)
-    candidates: list[dict[MemoryType, list[Candidate]]] = [{} for _ in requests]
+    candidates: list[dict[str, list[Candidate]]] = [{} for _ in requests]
     for slots, per_query in zip(slots_of_group, found, strict=True):
         for (index, memory_type), hits in zip(slots, per_query, strict=True):
             owner = requests[index].memory_id
@@ -71,6 +81,7 @@ async def search_and_rank(
                 now=now,
                 weights=request.weights,
                 min_score=request.min_score,
+                memory_type=memory_type,
             )
             for memory_type, limit in request.limits.items()
         }

@@ -100,10 +100,12 @@ class Worker:
             store_retry_s=settings.store_retry_s,
             metrics=self.metrics,
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
+            collections=settings.profile().collections,
         )
         self._count_tokens = embedder.count_tokens
         self._lanes_free = asyncio.Semaphore(embedder.lanes)
         self._policy = _tenant_policy(settings)
+        self._profile = settings.profile()
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
@@ -275,6 +277,7 @@ class Worker:
             self.settings.worker_id,
             self.metrics,
             self._policy,
+            self._profile,
         )
         await consumer.start()
         return consumer

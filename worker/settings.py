@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from schemas.settings import BrokerSettings
 from worker.encoders import EncoderSpec
+from worker.profiles import Profile, load_profile
 
 
 def _default_worker_id() -> str:
@@ -99,6 +100,15 @@ class WorkerSettings(BrokerSettings):
         ge=0,
         description="Embedded store: MiB of loaded (type, memory_id) groups kept; LRU beyond.",
     )
+    store_profile: Literal["recallq", "memorizz"] = Field(
+        default="recallq",
+        description="Memory types served and their collections: recallq (what recallq "
+        "ingests) or memorizz (a memorizz database as memorizz writes it).",
+    )
+    memory_types: str = Field(
+        default="",
+        description="Extra or replaced mappings, `type=collection,...`, over the profile's.",
+    )
     mongo_database: str = Field(
         default="recallq",
         pattern=r"^[A-Za-z0-9_-]{1,63}$",
@@ -184,6 +194,10 @@ class WorkerSettings(BrokerSettings):
             spinning=self.embed_spinning,
             nice=self.embed_nice,
         )
+
+    def profile(self) -> Profile:
+        """The store profile (raises ConfigError for a bad RECALLQ_MEMORY_TYPES)."""
+        return load_profile(self.store_profile, self.memory_types)
 
     @model_validator(mode="after")
     def _fill_prefetch(self) -> WorkerSettings:

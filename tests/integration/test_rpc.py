@@ -130,6 +130,6 @@ async def test_no_request_sees_another_memory_id_s_memories(
         assert response.status == "ok"
         returned = [hit for hits in response.results.values() for hit in hits]
         assert returned, "each tenant has memories of every type"
-        assert {owners[(hit.memory_type.value, hit.id)] for hit in returned} == {probe.memory_id}
+        assert {owners[(hit.memory_type, hit.id)] for hit in returned} == {probe.memory_id}
     assert stranger.status == "ok"
     assert all(hits == [] for hits in stranger.results.values())

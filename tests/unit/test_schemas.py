@@ -79,7 +79,8 @@ def test_python_callers_may_use_plain_strings_for_memory_types() -> None:
         ("limits", {"conversation_memory": 2.5}, "limits"),
         ("limits", {"conversation_memory": True}, "limits"),
         ("limits", {"conversation_memory": "5"}, "limits"),
-        ("limits", {"not_a_memory": 3}, "limits"),
+        ("limits", {"$where": 3}, "limits"),  # names are checked; unknown ones by the worker
+        ("limits", {"Not-A-Type": 3}, "limits"),
         ("limits", [["conversation_memory", 3]], "limits"),
         ("min_score", 1.5, "min_score"),
         ("deadline_ms", -1, "deadline_ms"),

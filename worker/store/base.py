@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.messages import MemoryType
 from worker.vectors import Vectors as Vectors  # re-exported: the stores' array type
 
 
@@ -16,7 +15,7 @@ class Memory:
 
     id: str
     memory_id: str
-    memory_type: MemoryType
+    memory_type: str  # the collection it is stored in
     content: str
     timestamp: float
     summary_content: str | None = None
@@ -39,7 +38,7 @@ class SearchGroup:
     `ks[i]` is how many candidates query `vectors[i]` wants.
     """
 
-    memory_type: MemoryType
+    memory_type: str  # the collection to search (the profile maps request types to it)
     memory_id: str
     vectors: Vectors
     ks: tuple[int, ...]

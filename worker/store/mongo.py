@@ -20,7 +20,6 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
-from schemas.messages import MemoryType
 from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
 from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
@@ -49,6 +48,9 @@ class MongoStore:
     def __init__(self, settings: WorkerSettings, dimensions: int) -> None:
         self._settings = settings
         self._dimensions = dimensions
+        # Only the collections this deployment maps: a memorizz database has no
+        # recallq-only collections, and the probe must not ask for them.
+        self._collections = settings.profile().distinct_collections
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.store_url,
             appname="recallq",
@@ -82,26 +84,26 @@ class MongoStore:
         return list(await asyncio.gather(*(one_group(group) for group in groups)))
 
     async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
-        by_type: dict[MemoryType, list[ReplaceOne[dict[str, Any]]]] = {}
+        by_type: dict[str, list[ReplaceOne[dict[str, Any]]]] = {}
         for memory, vector in zip(memories, embeddings, strict=True):
             document = to_document(memory, vector)
             operation = ReplaceOne({"_id": memory.id}, document, upsert=True)
             by_type.setdefault(memory.memory_type, []).append(operation)
         for memory_type, operations in by_type.items():
-            collection = self._db[memory_type.value]
+            collection = self._db[memory_type]
             await self._guarded(partial(collection.bulk_write, operations, ordered=False))
 
     async def ensure_indexes(self) -> None:
         """B-tree (memory_id, timestamp) everywhere; vector indexes where the server has them."""
-        for memory_type in MemoryType:
-            collection = self._db[memory_type.value]
+        for name in self._collections:
+            collection = self._db[name]
             keys = [("memory_id", ASCENDING), ("timestamp", DESCENDING)]
             await self._guarded(partial(collection.create_index, keys, name=BTREE_INDEX))
         if self._settings.mongo_search == "exact":
             return
         try:
-            for memory_type in MemoryType:
-                await self._guarded(partial(self._create_vector_index, memory_type))
+            for name in self._collections:
+                await self._guarded(partial(self._create_vector_index, name))
         except _NoVectorSearch as exc:
             if self._settings.mongo_search == "vector":
                 raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {exc}") from None
@@ -122,7 +124,7 @@ class MongoStore:
         await self._client.close()
 
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
-        collection = self._db[group.memory_type.value]
+        collection = self._db[group.memory_type]
         projection = {field: 1 for field in (*MEMORY_FIELDS, "embedding")}
         timeout_ms = self._settings.mongo_query_timeout_ms
 
@@ -150,7 +152,7 @@ class MongoStore:
             group.ks[row],
             exact=self._settings.mongo_vector_exact,
         )
-        collection = self._db[group.memory_type.value]
+        collection = self._db[group.memory_type]
         timeout_ms = self._settings.mongo_query_timeout_ms
 
         async def run() -> list[dict[str, Any]]:
@@ -178,8 +180,8 @@ class MongoStore:
 
     async def _vector_search_missing(self) -> str | None:
         """Why $vectorSearch cannot serve, or None when every collection can."""
-        for memory_type in MemoryType:
-            collection = self._db[memory_type.value]
+        for name in self._collections:
+            collection = self._db[name]
             try:
                 cursor = await collection.list_search_indexes(self._settings.mongo_vector_index)
                 indexes = await cursor.to_list(None)
@@ -187,13 +189,13 @@ class MongoStore:
                 if exc.code in NO_VECTOR_SEARCH_CODES or "Atlas" in str(exc):
                     return f"server has no vector search (code {exc.code})"
                 # e.g. NamespaceNotFound before `worker init` created the collections
-                return f"cannot list vector indexes of {memory_type.value}: {exc}"
+                return f"cannot list vector indexes of {name}: {exc}"
             if not any(index.get("queryable") for index in indexes):
-                return f"vector index not queryable on {memory_type.value} (run `worker init`)"
+                return f"vector index not queryable on {name} (run `worker init`)"
         return None
 
-    async def _create_vector_index(self, memory_type: MemoryType) -> None:
-        collection = self._db[memory_type.value]
+    async def _create_vector_index(self, name_of_collection: str) -> None:
+        collection = self._db[name_of_collection]
         name = self._settings.mongo_vector_index
         existing = await (await collection.list_search_indexes(name)).to_list(None)
         if existing:
@@ -202,7 +204,7 @@ class MongoStore:
             vector_index_definition(self._dimensions), name=name, type="vectorSearch"
         )
         await collection.create_search_index(model)
-        log.info("vector index created", collection=memory_type.value, index=name)
+        log.info("vector index created", collection=name_of_collection, index=name)
 
     async def _wait_until_queryable(self) -> None:
         deadline = time.monotonic() + self._settings.mongo_index_wait_s

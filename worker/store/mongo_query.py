@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from schemas.messages import MemoryType
 from worker.store.base import Memory, Vectors
 
 MAX_NUM_CANDIDATES = 10_000
@@ -95,7 +94,7 @@ def to_document(memory: Memory, embedding: Vectors) -> dict[str, Any]:
     return document
 
 
-def to_memory(document: dict[str, Any], memory_type: MemoryType) -> Memory:
+def to_memory(document: dict[str, Any], memory_type: str) -> Memory:
     tags = document.get("situational_tags")
     importance = document.get("importance")
     return Memory(

@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from schemas.messages import MemoryType
 from worker.errors import StoreUnavailable
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import check_dimensions, top_k
@@ -63,7 +62,7 @@ ROW_COLUMNS = COLUMNS.removesuffix(", embedding")
 ROWS_QUERY = "SELECT rowid, " + ROW_COLUMNS + " FROM memories WHERE rowid IN ({})"
 ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
 
-GroupKey = tuple[MemoryType, str]
+GroupKey = tuple[str, str]
 RowIds = npt.NDArray[np.int64]
 GroupData = tuple[RowIds, Vectors]  # rowids, and the embeddings in the same order
 GROUP_OVERHEAD_BYTES = 400  # the key, the tuple and two array headers
@@ -187,14 +186,12 @@ class SQLiteStore:
         check_dimensions(matrix, group.vectors)
         return ids, top_k(matrix, group.vectors, group.ks)
 
-    def _group(
-        self, conn: sqlite3.Connection, memory_type: MemoryType, memory_id: str
-    ) -> GroupData:
+    def _group(self, conn: sqlite3.Connection, memory_type: str, memory_id: str) -> GroupData:
         key = (memory_type, memory_id)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        rows = conn.execute(GROUP_QUERY, (memory_type.value, memory_id)).fetchall()
+        rows = conn.execute(GROUP_QUERY, (memory_type, memory_id)).fetchall()
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         blobs = b"".join([row[1] for row in rows])
         matrix = np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1) if rows else EMPTY
@@ -223,7 +220,7 @@ def _identity(path: Path) -> tuple[int, int]:
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
     tags = json.dumps(list(memory.situational_tags)) if memory.situational_tags else None
     return (
-        memory.memory_type.value,
+        memory.memory_type,
         memory.id,
         memory.memory_id,
         memory.content,
@@ -238,7 +235,7 @@ def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
 
 def _memory(row: tuple[Any, ...]) -> Memory:
     return Memory(
-        memory_type=MemoryType(row[0]),
+        memory_type=row[0],
         id=row[1],
         memory_id=row[2],
         content=row[3],
