@@ -124,12 +124,15 @@ def render(query: str, response: RetrievalResponse, round_trip_ms: float | None 
         if not hits:
             lines.append("    (no memories)")
         for rank, hit in enumerate(hits, start=1):
-            age_days = max(0.0, now - hit.timestamp) / 86400
+            age = (
+                "     -"
+                if hit.timestamp is None
+                else f"{max(0.0, now - hit.timestamp) / 86400:5.1f}d"
+            )
             who = f"[{hit.role}] " if hit.role else ""
             text = textwrap.shorten(f"{who}{hit.content}", width=86, placeholder="...")
             lines.append(
-                f"    {rank}. signal {hit.signal:.3f}  cos {hit.score:+.3f}  "
-                f"{age_days:5.1f}d  {text}"
+                f"    {rank}. signal {hit.signal:.3f}  cos {hit.score:+.3f}  {age}  {text}"
             )
     t = response.timings
     timing = (

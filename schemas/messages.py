@@ -134,7 +134,9 @@ class MemoryHit(BaseModel):
     content: str
     summary_content: str | None = None
     role: str | None = None
-    timestamp: float = Field(description="Epoch seconds.")
+    timestamp: float | None = Field(
+        default=None, description="Epoch seconds; null when the stored row has no time."
+    )
     situational_tags: list[str] | None = None
     importance: float | None = None
     score: float = Field(description="Cosine similarity of query and memory, in [-1, 1].")

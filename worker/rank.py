@@ -20,8 +20,11 @@ DEFAULT_IMPORTANCE = 0.5
 
 def memory_signal(candidate: Candidate, now: float, weights: RankWeights) -> float:
     memory = candidate.memory
-    age_hours = max(0.0, now - memory.timestamp) / 3600.0
-    recency = math.pow(0.5, age_hours / weights.half_life_hours)
+    if memory.timestamp is None:  # no time stored: no recency penalty
+        recency = 1.0
+    else:
+        age_hours = max(0.0, now - memory.timestamp) / 3600.0
+        recency = math.pow(0.5, age_hours / weights.half_life_hours)
     importance = DEFAULT_IMPORTANCE if memory.importance is None else memory.importance
     relevance = (1.0 + candidate.score) / 2.0
     return (

@@ -17,7 +17,7 @@ class Memory:
     memory_id: str
     memory_type: str  # the collection it is stored in
     content: str
-    timestamp: float
+    timestamp: float | None  # epoch seconds; None: the row has no time (no recency penalty)
     summary_content: str | None = None
     role: str | None = None
     situational_tags: tuple[str, ...] | None = None

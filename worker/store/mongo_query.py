@@ -6,12 +6,19 @@ Documents follow memorizz: one collection per memory type, `memory_id`,
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from worker.store.base import Memory, Vectors
+from worker.store.fields import (
+    IMPORTANCE_FIELDS,
+    TEXT_FIELDS,
+    TIME_FIELDS,
+    read_content,
+    read_importance,
+    read_time,
+)
 
 MAX_NUM_CANDIDATES = 10_000
 MEMORY_FIELDS = (
@@ -19,9 +26,11 @@ MEMORY_FIELDS = (
     "content",
     "summary_content",
     "role",
-    "timestamp",
     "situational_tags",
-    "importance",
+    "metadata",
+    *TIME_FIELDS,
+    *IMPORTANCE_FIELDS,
+    *TEXT_FIELDS,
 )
 
 
@@ -96,17 +105,17 @@ def to_document(memory: Memory, embedding: Vectors) -> dict[str, Any]:
 
 def to_memory(document: dict[str, Any], memory_type: str) -> Memory:
     tags = document.get("situational_tags")
-    importance = document.get("importance")
+    summary, role = document.get("summary_content"), document.get("role")
     return Memory(
         id=str(document["_id"]),
         memory_id=str(document["memory_id"]),
         memory_type=memory_type,
-        content=str(document.get("content", "")),
-        timestamp=_epoch_seconds(document.get("timestamp")),
-        summary_content=document.get("summary_content"),
-        role=document.get("role"),
+        content=read_content(document),
+        timestamp=read_time(document),
+        summary_content=summary if isinstance(summary, str) else None,
+        role=role if isinstance(role, str) else None,
         situational_tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else None,
-        importance=float(importance) if isinstance(importance, int | float) else None,
+        importance=read_importance(document),
     )
 
 
@@ -118,15 +127,3 @@ def embedding_matrix(documents: list[dict[str, Any]], dimensions: int) -> Vector
     norms = np.linalg.norm(matrix, axis=1, keepdims=True).astype(np.float32)
     normalised: Vectors = matrix / np.maximum(norms, np.float32(1e-12))
     return normalised
-
-
-def _epoch_seconds(value: Any) -> float:
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if isinstance(value, str):
-        moment = datetime.fromisoformat(value)
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    if isinstance(value, int | float):
-        return float(value)
-    return 0.0
