@@ -77,13 +77,15 @@ class RetrievalUnavailable(RetrievalError):
 
 @dataclass(frozen=True)
 class Query:
-    """What to retrieve: one query text, one memory_id, a hit limit per memory type."""
+    """What to retrieve: one query text, one memory_id, a hit limit per memory type, and
+    optional scope filters (e.g. {"user_id": "alice"})."""
 
     query: str
     memory_id: str
     limits: Limits
     min_score: float | None = None
     weights: RankWeights | None = None
+    filters: Mapping[str, str] | None = None
 
 
 class RetrievalClient:
@@ -155,10 +157,11 @@ class RetrievalClient:
             request_id=request_id or uuid.uuid4().hex,
             query=query.query,
             memory_id=query.memory_id,
-            limits={MemoryType(key): value for key, value in query.limits.items()},
+            limits={str(key): value for key, value in query.limits.items()},
             deadline_ms=int((time.time() + timeout) * 1000),
             min_score=query.min_score,
             weights=query.weights,
+            filters=dict(query.filters) if query.filters is not None else None,
         )
         future: asyncio.Future[RetrievalResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
@@ -204,10 +207,11 @@ class RetrievalClient:
         request_id: str | None = None,
         min_score: float | None = None,
         weights: RankWeights | None = None,
+        filters: Mapping[str, str] | None = None,
     ) -> RetrievalResponse:
         """Retrieve and wait for the reply; raises RetrievalTimeout after `timeout` seconds."""
         timeout = self.timeout if timeout is None else timeout
-        call = Query(query, memory_id, limits, min_score, weights)
+        call = Query(query, memory_id, limits, min_score, weights, filters)
         future = await self.submit(call, request_id=request_id, timeout=timeout)
         return await self.wait(future, timeout)
 

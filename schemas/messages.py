@@ -58,6 +58,8 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=Tr
 
 Limit = Annotated[StrictInt, Field(ge=1, le=100)]
 MemoryTypeName = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+ScopeField = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+ScopeValue = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 Weight = Annotated[float, Field(ge=0.0, le=10.0, strict=False)]
 
 
@@ -94,6 +96,11 @@ class RetrievalRequest(BaseModel):
         default=None, description="Drop hits whose cosine similarity is below this."
     )
     weights: RankWeights | None = None
+    filters: Annotated[dict[ScopeField, ScopeValue], Field(max_length=8)] | None = Field(
+        default=None,
+        description="Scope equalities on top of memory_id (e.g. user_id): strings only, "
+        "fields from the deployment's list (RECALLQ_SCOPE_FIELDS).",
+    )
 
     @field_validator("query")
     @classmethod

@@ -168,7 +168,7 @@ class Consumer:
         """Batch the request; or Expired, when its caller has already given up (it then
         takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
-        self._profile.check(request.limits)  # a type this deployment does not serve
+        self._profile.check(request.limits, request.filters or ())
         if self._topology.least_privilege and not self._topology.owns(
             message.user_id, message.reply_to or ""
         ):

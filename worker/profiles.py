@@ -37,10 +37,14 @@ MEMORIZZ = {
 BUILT_IN = {"recallq": {t.value: t.value for t in MemoryType}, "memorizz": MEMORIZZ}
 
 
+SCOPE_FIELDS = "user_id,agent_id,thread_id,namespace,knowledge_base_id"
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     collections: Mapping[str, str]  # memory type -> collection
+    scope_fields: frozenset[str] = frozenset()  # what `filters` may name
 
     @property
     def memory_types(self) -> list[str]:
@@ -54,18 +58,27 @@ class Profile:
     def collection(self, memory_type: str) -> str:
         return self.collections[memory_type]
 
-    def check(self, memory_types: Iterable[str]) -> None:
-        """InvalidMessage naming the types this deployment serves, for any other."""
+    def check(self, memory_types: Iterable[str], filters: Iterable[str] = ()) -> None:
+        """InvalidMessage naming what this deployment serves, for any other memory
+        type or scope field (before anything reaches a query)."""
         unknown = sorted(set(memory_types) - set(self.collections))
         if unknown:
             raise InvalidMessage(
                 f"unknown memory type {', '.join(map(repr, unknown))}; this deployment "
                 f"({self.name} profile) serves: {', '.join(self.memory_types)}"
             )
+        unlisted = sorted(set(filters) - self.scope_fields)
+        if unlisted:
+            allowed = ", ".join(sorted(self.scope_fields)) or "none (this store has no scopes)"
+            raise InvalidMessage(
+                f"filters on {', '.join(map(repr, unlisted))} are not allowed; scope fields: "
+                f"{allowed}"
+            )
 
 
-def load_profile(name: str, overrides: str = "") -> Profile:
-    """The built-in profile `name` with `type=collection,...` entries added or replaced."""
+def load_profile(name: str, overrides: str = "", scope_fields: str = "") -> Profile:
+    """The built-in profile `name` with `type=collection,...` entries added or replaced,
+    and the comma-separated scope fields requests may filter on."""
     if name not in BUILT_IN:
         raise ConfigError(f"RECALLQ_STORE_PROFILE {name!r}: expected one of {sorted(BUILT_IN)}")
     collections = dict(BUILT_IN[name])
@@ -77,4 +90,7 @@ def load_profile(name: str, overrides: str = "") -> Profile:
                 "lowercase letters, digits and '_'"
             )
         collections[memory_type] = collection
-    return Profile(name, MappingProxyType(collections))
+    fields = frozenset(f.strip() for f in scope_fields.split(",") if f.strip())
+    if bad := sorted(f for f in fields if not NAME.match(f)):
+        raise ConfigError(f"RECALLQ_SCOPE_FIELDS: not field names: {bad}")
+    return Profile(name, MappingProxyType(collections), fields)

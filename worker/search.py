@@ -19,6 +19,7 @@ from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
 log = structlog.get_logger(__name__)
 
 Slot = tuple[int, str]  # (request index in batch, memory type)
+Scope = tuple[tuple[str, str], ...]
 Observe = Callable[[float], None]  # seconds of the batch's one store call
 
 
@@ -28,18 +29,19 @@ def build_groups(
     candidate_factor: int,
     collections: Mapping[str, str] | None = None,
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
-    """One group per (collection, memory_id); for each group, the slots it answers.
+    """One group per (collection, memory_id, filters); for each, the slots it answers.
     `collections` maps memory types to collections (default: the same name)."""
-    members: dict[tuple[str, str], list[Slot]] = defaultdict(list)
+    members: dict[tuple[str, str, Scope], list[Slot]] = defaultdict(list)
     for index, request in enumerate(requests):
+        scope = tuple(sorted((request.filters or {}).items()))
         for memory_type in request.limits:
             collection = collections[memory_type] if collections else memory_type
-            members[(collection, request.memory_id)].append((index, memory_type))
+            members[(collection, request.memory_id, scope)].append((index, memory_type))
     groups = []
-    for (collection, memory_id), slots in members.items():
+    for (collection, memory_id, scope), slots in members.items():
         rows = [index for index, _ in slots]
         ks = tuple(requests[i].limits[t] * candidate_factor for i, t in slots)
-        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks))
+        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks, scope))
     return groups, list(members.values())
 
 

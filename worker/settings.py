@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from schemas.settings import BrokerSettings
 from worker.encoders import EncoderSpec
-from worker.profiles import Profile, load_profile
+from worker.profiles import SCOPE_FIELDS, Profile, load_profile
 
 
 def _default_worker_id() -> str:
@@ -109,6 +109,11 @@ class WorkerSettings(BrokerSettings):
         default="",
         description="Extra or replaced mappings, `type=collection,...`, over the profile's.",
     )
+    scope_fields: str = Field(
+        default=SCOPE_FIELDS,
+        description="Fields a request's `filters` may name (MongoDB; the embedded store has "
+        "no scopes). Declared as filter fields of the vector index by `worker init`.",
+    )
     mongo_database: str = Field(
         default="recallq",
         pattern=r"^[A-Za-z0-9_-]{1,63}$",
@@ -197,7 +202,8 @@ class WorkerSettings(BrokerSettings):
 
     def profile(self) -> Profile:
         """The store profile (raises ConfigError for a bad RECALLQ_MEMORY_TYPES)."""
-        return load_profile(self.store_profile, self.memory_types)
+        scopes = "" if self.store_url.startswith("sqlite") else self.scope_fields
+        return load_profile(self.store_profile, self.memory_types, scopes)
 
     @model_validator(mode="after")
     def _fill_prefetch(self) -> WorkerSettings:

@@ -105,3 +105,24 @@ def test_documents_round_trip_and_memorizz_variants_are_read() -> None:
         loaded = to_memory({"_id": 1, "memory_id": "m", "timestamp": stamp}, MemoryType.ENTITY)
         assert loaded.timestamp == when.timestamp()
         assert loaded.id == "1"
+
+
+def test_scope_filters_go_inside_the_vector_search_stage_beside_memory_id() -> None:
+    scope = (("agent_id", "a1"), ("user_id", "alice"))
+    [stage, _] = vector_search_pipeline(
+        "vector_index", np.ones(4), "m", 5, exact=False, scope=scope
+    )
+    assert stage["$vectorSearch"]["index"] == "vector_index"
+    assert stage["$vectorSearch"]["filter"] == {
+        "memory_id": {"$eq": "m"}, "agent_id": {"$eq": "a1"}, "user_id": {"$eq": "alice"},
+    }  # fmt: skip
+    fields = vector_index_definition(384, {"user_id", "thread_id"})["fields"]
+    assert [f["path"] for f in fields if f["type"] == "filter"] == [
+        "memory_id", "thread_id", "user_id",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("hostile", [{"$ne": None}, 5, None, ["alice"]])
+def test_a_scope_value_must_be_a_string(hostile: object) -> None:
+    with pytest.raises(TypeError):
+        tenant_filter("m", [("user_id", hostile)])  # type: ignore[list-item]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from schemas.messages import RetrievalRequest
 from worker.errors import ConfigError, InvalidMessage
 from worker.profiles import load_profile
 from worker.search import build_groups
+from worker.settings import WorkerSettings
 
 
 def request(request_id: str, limits: dict[str, int], memory_id: str = "m") -> RetrievalRequest:
@@ -55,3 +59,33 @@ def test_an_alias_and_its_collection_share_one_search_and_keep_their_own_limits(
     assert members == [(0, "long_term_memory"), (1, "knowledge_base")]
     assert group.ks == (2, 5)
     assert set(by_key) == {("knowledge_base", "m"), ("toolbox", "m"), ("knowledge_base", "other")}
+
+
+@pytest.mark.parametrize(
+    "filters", [{"user_id": {"$ne": None}}, {"user_id": 5}, {"$where": "1"}, {"user_id": ""}]
+)
+def test_filters_are_string_equalities_on_field_names(filters: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        RetrievalRequest.model_validate_json(
+            json.dumps(
+                {
+                    "request_id": "r",
+                    "query": "q",
+                    "memory_id": "m",
+                    "limits": {"toolbox": 1},
+                    "filters": filters,
+                }
+            )  # fmt: skip
+        )
+
+
+def test_only_listed_scope_fields_pass_and_the_embedded_store_has_none() -> None:
+    mongo = load_profile("memorizz", scope_fields="user_id,agent_id")
+    mongo.check(["toolbox"], ["user_id"])
+    with pytest.raises(InvalidMessage, match=r"'thread_id'.*scope fields: agent_id, user_id"):
+        mongo.check(["toolbox"], ["user_id", "thread_id"])
+    sqlite = WorkerSettings(store_url="sqlite:///x.db").profile()
+    with pytest.raises(InvalidMessage, match="no scopes"):
+        sqlite.check(["long_term_memory"], ["user_id"])
+    with pytest.raises(ConfigError, match="RECALLQ_SCOPE_FIELDS"):
+        load_profile("recallq", scope_fields="user_id,$where")

@@ -42,6 +42,7 @@ class SearchGroup:
     memory_id: str
     vectors: Vectors
     ks: tuple[int, ...]
+    filters: tuple[tuple[str, str], ...] = ()  # scope equalities, sorted
 
 
 GroupResult = list[list[Candidate]]  # per query of the group, best first

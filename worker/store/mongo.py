@@ -51,6 +51,7 @@ class MongoStore:
         # Only the collections this deployment maps: a memorizz database has no
         # recallq-only collections, and the probe must not ask for them.
         self._collections = settings.profile().distinct_collections
+        self._scope_fields = settings.profile().scope_fields
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.store_url,
             appname="recallq",
@@ -129,7 +130,7 @@ class MongoStore:
         timeout_ms = self._settings.mongo_query_timeout_ms
 
         async def fetch() -> list[dict[str, Any]]:
-            cursor = collection.find(tenant_filter(group.memory_id), projection)
+            cursor = collection.find(tenant_filter(group.memory_id, group.filters), projection)
             return await cursor.max_time_ms(timeout_ms).to_list(None)
 
         documents = [d for d in await self._guarded(fetch) if isinstance(d.get("embedding"), list)]
@@ -151,6 +152,7 @@ class MongoStore:
             group.memory_id,
             group.ks[row],
             exact=self._settings.mongo_vector_exact,
+            scope=group.filters,
         )
         collection = self._db[group.memory_type]
         timeout_ms = self._settings.mongo_query_timeout_ms
@@ -201,7 +203,9 @@ class MongoStore:
         if existing:
             return
         model = SearchIndexModel(
-            vector_index_definition(self._dimensions), name=name, type="vectorSearch"
+            vector_index_definition(self._dimensions, self._scope_fields),
+            name=name,
+            type="vectorSearch",
         )
         await collection.create_search_index(model)
         log.info("vector index created", collection=name_of_collection, index=name)

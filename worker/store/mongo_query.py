@@ -6,6 +6,7 @@ Documents follow memorizz: one collection per memory type, `memory_id`,
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,11 +35,14 @@ MEMORY_FIELDS = (
 )
 
 
-def tenant_filter(memory_id: str) -> dict[str, Any]:
-    """`$eq` makes the value a literal even if it were an operator document."""
-    if not isinstance(memory_id, str):
-        raise TypeError("memory_id must be a string")
-    return {"memory_id": {"$eq": memory_id}}
+def tenant_filter(memory_id: str, scope: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """memory_id and the scope equalities; `$eq` makes every value a literal even if it
+    were an operator document (validation already allows only strings)."""
+    clauses = [("memory_id", memory_id), *scope]
+    for field, value in clauses:
+        if not isinstance(value, str) or field.startswith("$"):
+            raise TypeError(f"filter {field!r} must be a string equality")
+    return {field: {"$eq": value} for field, value in clauses}
 
 
 def num_candidates(limit: int) -> int:
@@ -47,14 +51,20 @@ def num_candidates(limit: int) -> int:
 
 
 def vector_search_pipeline(
-    index: str, query: Vectors, memory_id: str, limit: int, *, exact: bool
+    index: str,
+    query: Vectors,
+    memory_id: str,
+    limit: int,
+    *,
+    exact: bool,
+    scope: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, Any]]:
     """$vectorSearch first, the tenant filter inside the stage, the embedding left out."""
     stage: dict[str, Any] = {
         "index": index,
         "path": "embedding",
         "queryVector": [float(x) for x in query],
-        "filter": tenant_filter(memory_id),
+        "filter": tenant_filter(memory_id, scope),
         "limit": limit,
     }
     if exact:
@@ -66,18 +76,12 @@ def vector_search_pipeline(
     return [{"$vectorSearch": stage}, {"$project": projection}]
 
 
-def vector_index_definition(dimensions: int) -> dict[str, Any]:
-    return {
-        "fields": [
-            {
-                "type": "vector",
-                "path": "embedding",
-                "numDimensions": dimensions,
-                "similarity": "cosine",
-            },
-            {"type": "filter", "path": "memory_id"},
-        ]
-    }
+def vector_index_definition(dimensions: int, scope_fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The vector field and, as filter fields, memory_id and every scope field."""
+    vector = {"type": "vector", "path": "embedding", "numDimensions": dimensions,
+              "similarity": "cosine"}  # fmt: skip
+    filters = [{"type": "filter", "path": path} for path in ["memory_id", *sorted(scope_fields)]]
+    return {"fields": [vector, *filters]}
 
 
 def cosine_from_vector_score(score: float) -> float:

@@ -1,0 +1,82 @@
+"""Scope filters on a shared memory_id, in a memorizz-shaped MongoDB database
+(SecantusDB: the exact path; the $vectorSearch stage is checked structurally in
+tests/unit/test_mongo_query.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from pymongo import AsyncMongoClient
+
+from producer.client import RetrievalClient
+from schemas.messages import ErrorCode
+from tests.integration.conftest import mongo_settings, running_worker
+from tests.integration.secantus import RestartableSecantus
+from worker.embed import Embedder
+from worker.settings import WorkerSettings
+from worker.store.mongo import MongoStore
+
+TURNS = {
+    "alice": ["I am allergic to peanuts", "Book me a window seat", "My sister lives in Porto"],
+    "bob": ["I prefer aisle seats", "I am vegetarian", "My brother lives in Lisbon"],
+}
+
+
+@pytest.fixture
+async def shared(
+    secantus: RestartableSecantus, embedder: Embedder
+) -> AsyncIterator[tuple[WorkerSettings, MongoStore]]:
+    """Two users' turns under one memory_id, written as memorizz writes them."""
+    settings = mongo_settings(secantus.uri, store_profile="memorizz")
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(secantus.uri)
+    now = datetime.now(UTC)
+    rows = []
+    for user, texts in TURNS.items():
+        vectors = embedder.encode(texts)
+        for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+            rows.append({"_id": f"{user}-{i}", "memory_id": "shared", "user_id": user,
+                         "role": "user", "content": text, "embedding": vector.tolist(),
+                         "timestamp": (now - timedelta(hours=i)).isoformat()})  # fmt: skip
+    await client[settings.mongo_database]["conversation_memory"].insert_many(rows)
+    store = MongoStore(settings, embedder.dimensions)
+    await store.connect()
+    yield settings, store
+    await store.close()
+    await client.drop_database(settings.mongo_database)
+    await client.close()
+
+
+async def test_filters_return_only_that_users_rows_equal_to_the_oracle(
+    settings: WorkerSettings, shared: tuple[WorkerSettings, MongoStore], embedder: Embedder
+) -> None:
+    mongo, store = shared
+    worker_settings = mongo.model_copy(
+        update={"amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix}
+    )
+    question, limits = "where does my family live and what do I eat?", {"conversation_memory": 3}
+    async with (
+        running_worker(worker_settings, embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        both = await client.retrieve(question, "shared", limits)
+        answers = {
+            user: await client.retrieve(question, "shared", limits, filters={"user_id": user})
+            for user in TURNS
+        }
+        bad = await client.retrieve(question, "shared", limits, filters={"role": "user"})
+    users_seen = {hit.id.split("-")[0] for hit in both.results["conversation_memory"]}
+    assert users_seen == {"alice", "bob"}  # without a filter the memory_id is shared
+    query = embedder.encode([question])[0]
+    for user, reply in answers.items():
+        hits = reply.results["conversation_memory"]
+        assert {hit.id.split("-")[0] for hit in hits} == {user}
+        cosines = embedder.encode(TURNS[user]) @ query  # the oracle: this user's rows only
+        by_id = {f"{user}-{i}": float(c) for i, c in enumerate(cosines)}
+        for hit in hits:
+            assert hit.score == pytest.approx(by_id[hit.id], abs=1e-5)
+        assert len(hits) == 3 and np.isfinite([hit.signal for hit in hits]).all()
+    assert bad.error is not None and bad.error.code == ErrorCode.INVALID_REQUEST
+    assert "'role'" in bad.error.message
