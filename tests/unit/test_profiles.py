@@ -65,18 +65,9 @@ def test_an_alias_and_its_collection_share_one_search_and_keep_their_own_limits(
     "filters", [{"user_id": {"$ne": None}}, {"user_id": 5}, {"$where": "1"}, {"user_id": ""}]
 )
 def test_filters_are_string_equalities_on_field_names(filters: dict[str, object]) -> None:
+    body = {"request_id": "r", "query": "q", "memory_id": "m", "limits": {"toolbox": 1}}
     with pytest.raises(ValidationError):
-        RetrievalRequest.model_validate_json(
-            json.dumps(
-                {
-                    "request_id": "r",
-                    "query": "q",
-                    "memory_id": "m",
-                    "limits": {"toolbox": 1},
-                    "filters": filters,
-                }
-            )  # fmt: skip
-        )
+        RetrievalRequest.model_validate_json(json.dumps({**body, "filters": filters}))
 
 
 def test_only_listed_scope_fields_pass_and_the_embedded_store_has_none() -> None:
