@@ -96,6 +96,11 @@ class RetrievalRequest(BaseModel):
         default=None, description="Drop hits whose cosine similarity is below this."
     )
     weights: RankWeights | None = None
+    ranking: Literal["signal", "memorizz"] = Field(
+        default="signal",
+        description="signal: recallq's memory signal (weights apply); memorizz: memorizz's "
+        "own retrieval scoring (min-max normalised recency, importance and relevance).",
+    )
     filters: Annotated[dict[ScopeField, ScopeValue], Field(max_length=8)] | None = Field(
         default=None,
         description="Scope equalities on top of memory_id (e.g. user_id): strings only, "

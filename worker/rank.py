@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 from schemas.messages import MemoryHit, RankWeights
-from worker.store.base import Candidate
+from worker.store.base import Candidate, Memory
 
 DEFAULT_WEIGHTS = RankWeights()
 DEFAULT_IMPORTANCE = 0.5
@@ -40,14 +40,54 @@ def rank(
     weights: RankWeights | None = None,
     min_score: float | None = None,
     memory_type: str | None = None,
+    ranking: str = "signal",
 ) -> list[MemoryHit]:
     """The top `limit` candidates by signal, best first (ties: higher cosine, then id).
-    `memory_type`: the name the request used (its hits carry it), if not the stored one."""
+    `memory_type`: the name the request used (its hits carry it), if not the stored one.
+    `ranking="memorizz"`: memorizz's scoring instead of the signal (weights unused)."""
     weights = weights or DEFAULT_WEIGHTS
     kept = [c for c in candidates if min_score is None or c.score >= min_score]
-    scored = [(memory_signal(c, now, weights), c) for c in kept]
+    if ranking == "memorizz":
+        scored = list(zip(memorizz_scores(kept, now), kept, strict=True))
+    else:
+        scored = [(memory_signal(c, now, weights), c) for c in kept]
     scored.sort(key=lambda pair: (-pair[0], -pair[1].score, pair[1].memory.id))
     return [_hit(candidate, signal, memory_type) for signal, candidate in scored[:limit]]
+
+
+# memorizz 0.17's RetrievalScoring defaults (Generative Agents: Park et al. 2023).
+MEMORIZZ_DECAY_PER_HOUR = 0.995
+MEMORIZZ_DEFAULT_IMPORTANCE = 0.5
+
+
+def memorizz_scores(candidates: Sequence[Candidate], now: float) -> list[float]:
+    """memorizz's retrieval score over one candidate set: recency (0.995 per hour since
+    the last recall, else since creation; no time: 1), importance (0.5 when unset) and
+    relevance (cosine), each min-max normalised over the set when there are two or more
+    (a constant signal maps to 1), weighted equally and averaged."""
+    recency = [
+        1.0 if anchor is None else MEMORIZZ_DECAY_PER_HOUR ** (max(0.0, now - anchor) / 3600.0)
+        for anchor in (_recency_anchor(c.memory) for c in candidates)
+    ]
+    importance = [
+        MEMORIZZ_DEFAULT_IMPORTANCE if c.memory.importance is None else c.memory.importance
+        for c in candidates
+    ]
+    relevance = [c.score for c in candidates]
+    if len(candidates) > 1:
+        recency, importance, relevance = map(_min_max, (recency, importance, relevance))
+    return [(r + i + v) / 3.0 for r, i, v in zip(recency, importance, relevance, strict=True)]
+
+
+def _recency_anchor(memory: Memory) -> float | None:
+    return memory.timestamp if memory.last_accessed is None else memory.last_accessed
+
+
+def _min_max(values: list[float]) -> list[float]:
+    low, high = min(values), max(values)
+    if high - low <= 1e-12:
+        return [1.0] * len(values)
+    return [(value - low) / (high - low) for value in values]
 
 
 def _hit(candidate: Candidate, signal: float, memory_type: str | None) -> MemoryHit:

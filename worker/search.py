@@ -84,6 +84,7 @@ async def search_and_rank(
                 weights=request.weights,
                 min_score=request.min_score,
                 memory_type=memory_type,
+                ranking=request.ranking,
             )
             for memory_type, limit in request.limits.items()
         }

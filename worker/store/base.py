@@ -22,6 +22,7 @@ class Memory:
     role: str | None = None
     situational_tags: tuple[str, ...] | None = None
     importance: float | None = None
+    last_accessed: float | None = None  # epoch seconds of the last recall, where recorded
 
 
 @dataclass(frozen=True, slots=True)

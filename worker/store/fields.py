@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 TIME_FIELDS = ("timestamp", "created_at", "updated_at", "period_end")
+ACCESS_FIELDS = ("last_accessed_at", "last_accessed", "last_recalled_at")
 IMPORTANCE_FIELDS = ("importance", "importance_score")
 TEXT_FIELDS = ("name", "entity_type", "attributes", "description")
 
@@ -24,6 +25,15 @@ TEXT_FIELDS = ("name", "entity_type", "attributes", "description")
 def read_time(row: Mapping[str, Any]) -> float | None:
     """Epoch seconds from the first time field that holds a time, else None."""
     for field in TIME_FIELDS:
+        moment = epoch_seconds(row.get(field))
+        if moment is not None:
+            return moment
+    return None
+
+
+def read_last_accessed(row: Mapping[str, Any]) -> float | None:
+    """When memorizz last recalled the row (its recency anchor), if recorded."""
+    for field in ACCESS_FIELDS:
         moment = epoch_seconds(row.get(field))
         if moment is not None:
             return moment

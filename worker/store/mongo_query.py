@@ -13,11 +13,13 @@ import numpy as np
 
 from worker.store.base import Memory, Vectors
 from worker.store.fields import (
+    ACCESS_FIELDS,
     IMPORTANCE_FIELDS,
     TEXT_FIELDS,
     TIME_FIELDS,
     read_content,
     read_importance,
+    read_last_accessed,
     read_time,
 )
 
@@ -30,6 +32,7 @@ MEMORY_FIELDS = (
     "situational_tags",
     "metadata",
     *TIME_FIELDS,
+    *ACCESS_FIELDS,
     *IMPORTANCE_FIELDS,
     *TEXT_FIELDS,
 )
@@ -120,6 +123,7 @@ def to_memory(document: dict[str, Any], memory_type: str) -> Memory:
         role=role if isinstance(role, str) else None,
         situational_tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else None,
         importance=read_importance(document),
+        last_accessed=read_last_accessed(document),
     )
 
 
