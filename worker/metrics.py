@@ -78,6 +78,11 @@ class Metrics:
         self.returned_replies = Counter(
             "recallq_returned_replies", "Replies the broker could not route.", registry=r
         )
+        self.rows_without_embedding = Counter(
+            "recallq_rows_without_embedding",
+            "Rows an exact search skipped: no embedding yet (memorizz back-fills them).",
+            ["collection"], registry=r,
+        )  # fmt: skip
 
     def watch_store_cache(self, stats: Callable[[], GroupCacheStats]) -> None:
         """The embedded store's group cache: size against its bound, and how often it hits."""

@@ -31,6 +31,7 @@ from worker.pipeline import Stages, process_isolated
 from worker.reply import Settler
 from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore
+from worker.store.mongo import MongoStore
 from worker.store.sqlite import SQLiteStore
 from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
@@ -90,6 +91,9 @@ class Worker:
         self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
         if isinstance(store, SQLiteStore):
             self.metrics.watch_store_cache(lambda: store.cache.stats)
+        if isinstance(store, MongoStore):
+            count = self.metrics.rows_without_embedding
+            store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
         self.unsettled = Unsettled(settings.unsettled_limit_s, self.metrics.unsettled_too_long.inc)
         self.metrics.in_flight.set_function(lambda: len(self.unsettled))
         self.stages = Stages(

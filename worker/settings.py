@@ -127,7 +127,9 @@ class WorkerSettings(BrokerSettings):
         default=False, description="Ask $vectorSearch for exact (ENN) instead of approximate."
     )
     mongo_vector_index: str = Field(
-        default="recallq_vector", description="Name of the vector search index per collection."
+        default="recallq_vector",
+        description="Name of the vector search index per collection (memorizz profile: "
+        "vector_index, memorizz's name, unless set).",
     )
     mongo_max_pool_size: int = Field(default=100, ge=1, description="PyMongo maxPoolSize.")
     mongo_min_pool_size: int = Field(default=0, ge=0, description="PyMongo minPoolSize.")
@@ -204,6 +206,13 @@ class WorkerSettings(BrokerSettings):
         """The store profile (raises ConfigError for a bad RECALLQ_MEMORY_TYPES)."""
         scopes = "" if self.store_url.startswith("sqlite") else self.scope_fields
         return load_profile(self.store_profile, self.memory_types, scopes)
+
+    @model_validator(mode="after")
+    def _memorizz_index_name(self) -> WorkerSettings:
+        # memorizz names its Atlas vector index `vector_index`; an explicit setting wins.
+        if self.store_profile == "memorizz" and "mongo_vector_index" not in self.model_fields_set:
+            self.mongo_vector_index = "vector_index"
+        return self
 
     @model_validator(mode="after")
     def _fill_prefetch(self) -> WorkerSettings:

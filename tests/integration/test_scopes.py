@@ -16,7 +16,9 @@ from schemas.messages import ErrorCode
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
 from worker.embed import Embedder
+from worker.errors import ConfigError
 from worker.settings import WorkerSettings
+from worker.store.base import SearchGroup
 from worker.store.mongo import MongoStore
 
 TURNS = {
@@ -80,3 +82,38 @@ async def test_filters_return_only_that_users_rows_equal_to_the_oracle(
         assert len(hits) == 3 and np.isfinite([hit.signal for hit in hits]).all()
     assert bad.error is not None and bad.error.code == ErrorCode.INVALID_REQUEST
     assert "'role'" in bad.error.message
+
+
+async def test_embeddings_of_another_size_stop_the_start_and_unembedded_rows_are_skipped(
+    secantus: RestartableSecantus, embedder: Embedder
+) -> None:
+    settings = mongo_settings(secantus.uri, store_profile="memorizz")
+    assert settings.mongo_vector_index == "vector_index"  # memorizz's name for it
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(secantus.uri)
+    database = client[settings.mongo_database]
+    try:
+        await database["knowledge_base"].insert_one(
+            {"_id": "k1", "memory_id": "m", "content": "x", "embedding": [0.1] * 256}
+        )
+        store = MongoStore(settings, embedder.dimensions)
+        with pytest.raises(ConfigError, match=r"knowledge_base: 256 dimensions.*makes 384"):
+            await store.connect()
+        await store.close()
+        await database["knowledge_base"].delete_many({})
+        vector = embedder.encode(["likes tea"])[0].tolist()
+        await database["knowledge_base"].insert_many([
+            {"_id": "k2", "memory_id": "m", "content": "likes tea", "embedding": vector},
+            {"_id": "k3", "memory_id": "m", "content": "not embedded yet"},
+        ])  # fmt: skip
+        store = MongoStore(settings, embedder.dimensions)
+        skipped: list[tuple[str, int]] = []
+        store.on_skipped = lambda name, rows: skipped.append((name, rows))
+        await store.connect()
+        group = SearchGroup("knowledge_base", "m", embedder.encode(["tea"]), (5,))
+        [[[hit]]] = await store.search([group])  # one group, one query, one hit
+        await store.close()
+    finally:
+        await client.drop_database(settings.mongo_database)
+        await client.close()
+    assert hit.memory.id == "k2"  # never the unembedded row with a made-up score
+    assert skipped == [("knowledge_base", 1)]

@@ -11,6 +11,7 @@ from schemas.messages import MemoryType
 from worker.store.base import Memory
 from worker.store.mongo_query import (
     cosine_from_vector_score,
+    index_dimensions,
     num_candidates,
     tenant_filter,
     to_document,
@@ -126,3 +127,12 @@ def test_scope_filters_go_inside_the_vector_search_stage_beside_memory_id() -> N
 def test_a_scope_value_must_be_a_string(hostile: object) -> None:
     with pytest.raises(TypeError):
         tenant_filter("m", [("user_id", hostile)])  # type: ignore[list-item]
+
+
+def test_the_index_size_is_read_from_list_search_indexes_output() -> None:
+    index = {"name": "vector_index", "queryable": True, "latestDefinition": {"fields": [
+        {"type": "filter", "path": "memory_id"},
+        {"type": "vector", "path": "embedding", "numDimensions": 256, "similarity": "cosine"},
+    ]}}  # fmt: skip
+    assert index_dimensions(index) == 256
+    assert index_dimensions({"name": "x"}) is None

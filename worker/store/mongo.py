@@ -27,7 +27,9 @@ from worker.store.exact import score_group
 from worker.store.mongo_query import (
     MEMORY_FIELDS,
     cosine_from_vector_score,
+    dimension_mismatch,
     embedding_matrix,
+    index_dimensions,
     tenant_filter,
     to_document,
     to_memory,
@@ -42,6 +44,7 @@ T = TypeVar("T")
 # "Unrecognized pipeline stage" (older servers), SearchNotEnabled.
 NO_VECTOR_SEARCH_CODES = {115, 40324, 31082, 6047401}
 BTREE_INDEX = "memory_id_timestamp"
+DIMENSION_SAMPLE = 5  # embeddings per collection checked against the model at start
 
 
 class MongoStore:
@@ -52,6 +55,8 @@ class MongoStore:
         # recallq-only collections, and the probe must not ask for them.
         self._collections = settings.profile().distinct_collections
         self._scope_fields = settings.profile().scope_fields
+        self._model = settings.embed_model or "the bundled all-MiniLM-L6-v2"
+        self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.store_url,
             appname="recallq",
@@ -68,7 +73,9 @@ class MongoStore:
         self.reason = "not connected yet"
 
     async def connect(self) -> None:
-        """Choose the search mode: forced by settings, or probed (auto)."""
+        """Check the stored embeddings fit the model, then choose the search mode: forced
+        by settings, or probed (auto)."""
+        await self._guarded(self._check_dimensions)
         wanted = self._settings.mongo_search
         if wanted == "exact":
             self.mode, self.reason = "exact", "RECALLQ_MONGO_SEARCH=exact"
@@ -133,7 +140,10 @@ class MongoStore:
             cursor = collection.find(tenant_filter(group.memory_id, group.filters), projection)
             return await cursor.max_time_ms(timeout_ms).to_list(None)
 
-        documents = [d for d in await self._guarded(fetch) if isinstance(d.get("embedding"), list)]
+        fetched = await self._guarded(fetch)
+        documents = [d for d in fetched if isinstance(d.get("embedding"), list)]
+        if len(documents) < len(fetched):  # not embedded yet (memorizz back-fills them)
+            self.on_skipped(group.memory_type, len(fetched) - len(documents))
         memories = [to_memory(d, group.memory_type) for d in documents]
         try:
             matrix = embedding_matrix(documents, self._dimensions)
@@ -180,6 +190,19 @@ class MongoStore:
             except PyMongoError as exc:
                 raise StoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from None
 
+    async def _check_dimensions(self) -> None:
+        """Refuse data the model cannot search: a sample of each mapped collection's
+        embeddings must have the model's dimensions (rows without one are skipped)."""
+        found: dict[str, list[int]] = {}
+        for name in self._collections:
+            cursor = self._db[name].find({"embedding": {"$exists": True}}, {"embedding": 1})
+            sample = await cursor.limit(DIMENSION_SAMPLE).to_list(None)
+            sizes = {len(d["embedding"]) for d in sample if isinstance(d.get("embedding"), list)}
+            if sizes - {self._dimensions}:
+                found[name] = sorted(sizes)
+        if found:
+            raise ConfigError(dimension_mismatch(found, self._dimensions, self._model))
+
     async def _vector_search_missing(self) -> str | None:
         """Why $vectorSearch cannot serve, or None when every collection can."""
         for name in self._collections:
@@ -192,6 +215,12 @@ class MongoStore:
                     return f"server has no vector search (code {exc.code})"
                 # e.g. NamespaceNotFound before `worker init` created the collections
                 return f"cannot list vector indexes of {name}: {exc}"
+            for index in indexes:
+                size = index_dimensions(index)
+                if size is not None and size != self._dimensions:
+                    raise ConfigError(
+                        dimension_mismatch({f"{name} index": [size]}, self._dimensions, self._model)
+                    )
             if not any(index.get("queryable") for index in indexes):
                 return f"vector index not queryable on {name} (run `worker init`)"
         return None

@@ -6,7 +6,7 @@ Documents follow memorizz: one collection per memory type, `memory_id`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,26 @@ def vector_index_definition(dimensions: int, scope_fields: Iterable[str] = ()) -
               "similarity": "cosine"}  # fmt: skip
     filters = [{"type": "filter", "path": path} for path in ["memory_id", *sorted(scope_fields)]]
     return {"fields": [vector, *filters]}
+
+
+def index_dimensions(index: Mapping[str, Any]) -> int | None:
+    """numDimensions of a search index's vector field, as listSearchIndexes reports it."""
+    definition = index.get("latestDefinition") or index.get("definition") or {}
+    for field in definition.get("fields", []):
+        if isinstance(field, dict) and field.get("type") == "vector":
+            size = field.get("numDimensions")
+            return size if isinstance(size, int) else None
+    return None
+
+
+def dimension_mismatch(found: dict[str, list[int]], dimensions: int, model: str) -> str:
+    where = ", ".join(f"{name}: {'/'.join(map(str, sizes))}" for name, sizes in found.items())
+    return (
+        f"stored embeddings do not fit the model: {where} dimensions, but {model} makes "
+        f"{dimensions}. Serve this data with the model that embedded it (RECALLQ_EMBED_MODEL); "
+        "memorizz's default, OpenAI text-embedding-3-small at 256 dimensions, is not a "
+        "local model, so such a database needs re-embedding with a local one"
+    )
 
 
 def cosine_from_vector_score(score: float) -> float:
