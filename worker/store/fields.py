@@ -81,8 +81,8 @@ def read_content(row: Mapping[str, Any]) -> str:
     attributes = row.get("attributes")
     if isinstance(attributes, Mapping) and attributes:
         parts.append("; ".join(f"{key}: {value}" for key, value in attributes.items()))
-    elif isinstance(attributes, list) and attributes:
-        parts.append("; ".join(map(str, attributes)))
+    elif isinstance(attributes, list) and attributes:  # memorizz: [{name, value, ...}]
+        parts.append("; ".join(map(_attribute, attributes)))
     description = row.get("description")
     if isinstance(description, str) and description:
         parts.append(description)
@@ -91,3 +91,9 @@ def read_content(row: Mapping[str, Any]) -> str:
 
 def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _attribute(item: Any) -> str:
+    if isinstance(item, Mapping) and "name" in item and "value" in item:
+        return f"{item['name']}: {item['value']}"
+    return str(item)
