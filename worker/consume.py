@@ -176,7 +176,7 @@ class Consumer:
                 f"reply_to {message.reply_to!r} is not a queue of user {message.user_id!r}"
             )
         if self._policy is not None:  # before any work: the model never sees a refused query
-            self._policy.check(message.user_id, request.memory_id)
+            self._policy.check(message.user_id, request.memory_id, request.filters)
         if past_deadline(request, time.time()):
             return expired(request.request_id, self._worker_id, "while it was queued")
         envelope = Envelope(message, lane, received, request.request_id)

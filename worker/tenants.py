@@ -8,11 +8,18 @@ RECALLQ_TENANT_POLICY, maps each user to glob patterns of memory_ids:
     {"users": {"alice": {"memory_ids": ["travel-concierge:*"]}}}
 
 A user the file does not name, and a message without `user_id`, may read nothing.
+Where several people share one memory_id (memorizz scopes rows by user_id inside
+it), a user's `filters` pin its scope: every field named there must be in the
+request's `filters` with a value matching one of its globs:
+
+    {"users": {"travel-app-alice": {"memory_ids": ["shared"],
+                                    "filters": {"user_id": ["alice"]}}}}
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -25,6 +32,7 @@ class UserRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     memory_ids: tuple[str, ...] = Field(min_length=1)
+    filters: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
 
 class TenantPolicy(BaseModel):
@@ -45,10 +53,17 @@ class TenantPolicy(BaseModel):
                 f"RECALLQ_TENANT_POLICY {path} is not a valid policy: {first}"
             ) from None
 
-    def check(self, user_id: str | None, memory_id: str) -> None:
-        """Raise Forbidden unless `user_id` may read `memory_id` (case-sensitive globs)."""
+    def check(
+        self, user_id: str | None, memory_id: str, filters: Mapping[str, str] | None = None
+    ) -> None:
+        """Raise Forbidden unless `user_id` may read `memory_id` within the scope its
+        rules pin (case-sensitive globs)."""
         if not user_id:
             raise Forbidden("the message has no user_id: the tenant policy needs an identity")
         rules = self.users.get(user_id)
         if rules is None or not any(fnmatchcase(memory_id, glob) for glob in rules.memory_ids):
             raise Forbidden(f"user {user_id!r} may not read memory_id {memory_id!r}")
+        for field, globs in rules.filters.items():
+            value = (filters or {}).get(field)
+            if value is None or not any(fnmatchcase(value, glob) for glob in globs):
+                raise Forbidden(f"user {user_id!r} must filter {field!r} on its own scope")

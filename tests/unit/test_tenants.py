@@ -57,3 +57,13 @@ def test_a_bad_policy_file_is_a_config_error(tmp_path: Path, text: str) -> None:
 def test_a_missing_policy_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         TenantPolicy.load(tmp_path / "absent.json")
+
+
+def test_a_users_pinned_scope_must_be_in_its_filters() -> None:
+    policy = TenantPolicy.model_validate(
+        {"users": {"app-alice": {"memory_ids": ["shared"], "filters": {"user_id": ["alice"]}}}}
+    )
+    policy.check("app-alice", "shared", {"user_id": "alice", "agent_id": "a1"})
+    for filters in (None, {}, {"user_id": "bob"}, {"agent_id": "alice"}, {"user_id": "alice*"}):
+        with pytest.raises(Forbidden, match="must filter 'user_id'"):
+            policy.check("app-alice", "shared", filters)
