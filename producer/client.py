@@ -166,19 +166,7 @@ class RetrievalClient:
         future: asyncio.Future[RetrievalResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
         future.add_done_callback(lambda _: self._forget(request.request_id, future))
-        message = Message(
-            request.model_dump_json(exclude_none=True).encode(),
-            content_type=CONTENT_TYPE,
-            correlation_id=request.request_id,
-            reply_to=self.reply_queue_name,
-            user_id=self.settings.amqp_user,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION}
-            | ({"traceparent": traceparent} if traceparent else {}),
-            delivery_mode=DeliveryMode.PERSISTENT,
-            # The broker drops the request once its caller has given up: it never
-            # reaches the model (quorum queues honour per-message TTL from 3.10).
-            expiration=max(timeout, 0.001),
-        )
+        message = self._message(request, timeout, traceparent)
         try:
             exchange = await self._topology.request_exchange(self._channel)
             await exchange.publish(message, self._topology.requests.name, mandatory=True)
@@ -192,6 +180,23 @@ class RetrievalClient:
             future.cancel()
             raise
         return future
+
+    def _message(
+        self, request: RetrievalRequest, timeout: float, traceparent: str | None
+    ) -> Message:
+        return Message(
+            request.model_dump_json(exclude_none=True).encode(),
+            content_type=CONTENT_TYPE,
+            correlation_id=request.request_id,
+            reply_to=self.reply_queue_name,
+            user_id=self.settings.amqp_user,
+            headers={SCHEMA_HEADER: SCHEMA_VERSION}
+            | ({"traceparent": traceparent} if traceparent else {}),
+            delivery_mode=DeliveryMode.PERSISTENT,
+            # The broker drops the request once its caller has given up: it never
+            # reaches the model (quorum queues honour per-message TTL from 3.10).
+            expiration=max(timeout, 0.001),
+        )
 
     def _forget(self, request_id: str, future: asyncio.Future[RetrievalResponse]) -> None:
         if self._pending.get(request_id) is future:

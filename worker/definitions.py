@@ -15,7 +15,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.permissions import Role, permissions
@@ -64,13 +64,7 @@ def build_definitions(
 ) -> dict[str, Any]:
     """The definitions document: users, their permissions, and the shared topology, so
     producers can publish before the first worker has started."""
-    shared = Topology(
-        topology.prefix,
-        topology.max_queued,
-        topology.max_queued_bytes,
-        topology.max_dead_letters,
-        Layout.LEAST_PRIVILEGE,
-    )
+    shared = replace(topology, layout=Layout.LEAST_PRIVILEGE, owner="")
     document: dict[str, Any] = {
         "vhosts": [{"name": vhost}],
         "users": [],

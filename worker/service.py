@@ -96,6 +96,7 @@ class Worker:
             store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
         self.unsettled = Unsettled(settings.unsettled_limit_s, self.metrics.unsettled_too_long.inc)
         self.metrics.in_flight.set_function(lambda: len(self.unsettled))
+        self._profile = settings.profile()
         self.stages = Stages(
             embed=embedder.embed,
             store=store,
@@ -104,12 +105,11 @@ class Worker:
             store_retry_s=settings.store_retry_s,
             metrics=self.metrics,
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
-            collections=settings.profile().collections,
+            collections=self._profile.collections,
         )
         self._count_tokens = embedder.count_tokens
         self._lanes_free = asyncio.Semaphore(embedder.lanes)
         self._policy = _tenant_policy(settings)
-        self._profile = settings.profile()
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()

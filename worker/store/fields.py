@@ -24,16 +24,16 @@ TEXT_FIELDS = ("name", "entity_type", "attributes", "description")
 
 def read_time(row: Mapping[str, Any]) -> float | None:
     """Epoch seconds from the first time field that holds a time, else None."""
-    for field in TIME_FIELDS:
-        moment = epoch_seconds(row.get(field))
-        if moment is not None:
-            return moment
-    return None
+    return _first_time(row, TIME_FIELDS)
 
 
 def read_last_accessed(row: Mapping[str, Any]) -> float | None:
     """When memorizz last recalled the row (its recency anchor), if recorded."""
-    for field in ACCESS_FIELDS:
+    return _first_time(row, ACCESS_FIELDS)
+
+
+def _first_time(row: Mapping[str, Any], fields: tuple[str, ...]) -> float | None:
+    for field in fields:
         moment = epoch_seconds(row.get(field))
         if moment is not None:
             return moment

@@ -53,8 +53,9 @@ class MongoStore:
         self._dimensions = dimensions
         # Only the collections this deployment maps: a memorizz database has no
         # recallq-only collections, and the probe must not ask for them.
-        self._collections = settings.profile().distinct_collections
-        self._scope_fields = settings.profile().scope_fields
+        profile = settings.profile()
+        self._collections = profile.distinct_collections
+        self._scope_fields = profile.scope_fields
         self._model = settings.embed_model or "the bundled all-MiniLM-L6-v2"
         self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
