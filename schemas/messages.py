@@ -81,7 +81,16 @@ class RetrievalRequest(BaseModel):
 
     request_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     query: StrictStr
-    memory_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    memory_id: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=256,
+            description="Whose memories: rows whose owner field equals it (memory_id, unless "
+            "the store profile keeps a type under another field, e.g. memorizz's "
+            "knowledge_base_id, agent_id or user_id). Always applied.",
+        ),
+    ]
     limits: Annotated[
         dict[MemoryTypeName, Limit],
         Field(min_length=1, max_length=8, description="Memory type -> hits wanted."),

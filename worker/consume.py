@@ -168,7 +168,7 @@ class Consumer:
         """Batch the request; or Expired, when its caller has already given up (it then
         takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
-        self._profile.check(request.limits, request.filters or ())
+        owner = self._profile.check(request.limits, request.filters or ())
         if self._topology.least_privilege and not self._topology.owns(
             message.user_id, message.reply_to or ""
         ):
@@ -176,7 +176,7 @@ class Consumer:
                 f"reply_to {message.reply_to!r} is not a queue of user {message.user_id!r}"
             )
         if self._policy is not None:  # before any work: the model never sees a refused query
-            self._policy.check(message.user_id, request.memory_id, request.filters)
+            self._policy.check(message.user_id, request.memory_id, request.filters, owner)
         if past_deadline(request, time.time()):
             return expired(request.request_id, self._worker_id, "while it was queued")
         envelope = Envelope(message, lane, received, request.request_id)

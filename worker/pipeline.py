@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from schemas.messages import (
 from worker.errors import RecallqError, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, Outcome
+from worker.profiles import Profile
 from worker.retry import Deadline, deadlines_for, with_deadlines
 from worker.search import search_and_rank
 from worker.store.base import MemoryStore, Vectors
@@ -60,7 +61,7 @@ class Stages:
     store_retry_s: float = 10.0
     metrics: Metrics = field(default_factory=Metrics)
     store_mode: str = ""
-    collections: Mapping[str, str] | None = None  # memory type -> collection (the profile)
+    profile: Profile | None = None  # memory type -> collection and owner field
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ async def _search(
             candidate_factor=stages.candidate_factor,
             now=started.wall,
             observe=stages.metrics.search_seconds.labels(store_mode=stages.store_mode).observe,
-            collections=stages.collections,
+            profile=stages.profile,
         )
 
     try:

@@ -1,18 +1,20 @@
-"""The search stage: group a batch by (collection, memory_id), search, rank per request.
+"""The search stage: group a batch by (collection, owner, filters), search, rank per request.
 
 Memory types name what a request wants; the store profile says which collection
-each lives in. Two types in one collection (an alias) share one search.
+each lives in and which field holds its owner (the request's memory_id). Two types
+in one collection with the same owner field (an alias) share one search.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from schemas.messages import MemoryHit, RetrievalRequest
+from worker.profiles import Profile
 from worker.rank import rank
 from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
 
@@ -27,21 +29,24 @@ def build_groups(
     requests: Sequence[RetrievalRequest],
     vectors: Vectors,
     candidate_factor: int,
-    collections: Mapping[str, str] | None = None,
+    profile: Profile | None = None,
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
-    """One group per (collection, memory_id, filters); for each, the slots it answers.
-    `collections` maps memory types to collections (default: the same name)."""
-    members: dict[tuple[str, str, Scope], list[Slot]] = defaultdict(list)
+    """One group per (collection, owner field, memory_id, filters); for each, the slots it
+    answers. `profile` maps memory types to collections and owner fields (default: the
+    same name, owned by memory_id)."""
+    members: dict[tuple[str, str, str, Scope], list[Slot]] = defaultdict(list)
     for index, request in enumerate(requests):
         scope = tuple(sorted((request.filters or {}).items()))
         for memory_type in request.limits:
-            collection = collections[memory_type] if collections else memory_type
-            members[(collection, request.memory_id, scope)].append((index, memory_type))
+            collection = profile.collection(memory_type) if profile else memory_type
+            owner = profile.owner(memory_type) if profile else "memory_id"
+            key = (collection, owner, request.memory_id, scope)
+            members[key].append((index, memory_type))
     groups = []
-    for (collection, memory_id, scope), slots in members.items():
+    for (collection, owner, memory_id, scope), slots in members.items():
         rows = [index for index, _ in slots]
         ks = tuple(requests[i].limits[t] * candidate_factor for i, t in slots)
-        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks, scope))
+        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks, scope, owner))
     return groups, list(members.values())
 
 
@@ -53,13 +58,13 @@ async def search_and_rank(
     candidate_factor: int,
     now: float,
     observe: Observe | None = None,
-    collections: Mapping[str, str] | None = None,
+    profile: Profile | None = None,
 ) -> list[dict[str, list[MemoryHit]]]:
     """Ranked hits per memory type for every request, in request order.
 
     Store errors propagate (StoreUnavailable is retried by the caller).
     """
-    groups, slots_of_group = build_groups(requests, vectors, candidate_factor, collections)
+    groups, slots_of_group = build_groups(requests, vectors, candidate_factor, profile)
     # One call for every group of the batch: the store runs them as it runs best (the
     # embedded store on its thread in one hop, MongoDB concurrently); a call per memory
     # type cost the embedded store two more thread hops (~1 ms at idle on 2 cores).

@@ -105,7 +105,7 @@ class Worker:
             store_retry_s=settings.store_retry_s,
             metrics=self.metrics,
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
-            collections=self._profile.collections,
+            profile=self._profile,
         )
         self._count_tokens = embedder.count_tokens
         self._lanes_free = asyncio.Semaphore(embedder.lanes)

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from schemas.settings import BrokerSettings
 from worker.encoders import EncoderSpec
+from worker.errors import ConfigError
 from worker.profiles import SCOPE_FIELDS, Profile, load_profile
 
 
@@ -107,7 +108,9 @@ class WorkerSettings(BrokerSettings):
     )
     memory_types: str = Field(
         default="",
-        description="Extra or replaced mappings, `type=collection,...`, over the profile's.",
+        description="Extra or replaced mappings over the profile's: `type=collection` or "
+        "`type=collection:owner_field` (the field that must equal the request's memory_id; "
+        "default memory_id), comma-separated.",
     )
     scope_fields: str = Field(
         default=SCOPE_FIELDS,
@@ -204,8 +207,16 @@ class WorkerSettings(BrokerSettings):
 
     def profile(self) -> Profile:
         """The store profile (raises ConfigError for a bad RECALLQ_MEMORY_TYPES)."""
-        scopes = "" if self.store_url.startswith("sqlite") else self.scope_fields
-        return load_profile(self.store_profile, self.memory_types, scopes)
+        embedded = self.store_url.startswith("sqlite")
+        profile = load_profile(
+            self.store_profile, self.memory_types, "" if embedded else self.scope_fields
+        )
+        if embedded and profile.owners:
+            raise ConfigError(
+                "the embedded store keeps memories by memory_id only: owner fields "
+                f"{dict(profile.owners)} need MongoDB (RECALLQ_STORE_URL=mongodb://...)"
+            )
+        return profile
 
     @model_validator(mode="after")
     def _memorizz_index_name(self) -> WorkerSettings:

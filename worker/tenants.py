@@ -14,6 +14,15 @@ request's `filters` with a value matching one of its globs:
 
     {"users": {"travel-app-alice": {"memory_ids": ["shared"],
                                     "filters": {"user_id": ["alice"]}}}}
+
+Where the store profile keeps a memory type under another owner field (memorizz's
+knowledge base by knowledge_base_id, its tools and workflows by agent_id, its
+summaries by user_id), a request's memory_id is checked against `owners`:
+
+    {"users": {"agent-1-runtime": {"memory_ids": ["shared"],
+                                   "owners": {"agent_id": ["agent-1"]}}}}
+
+A pinned filter on the owner field itself is met by the owner value.
 """
 
 from __future__ import annotations
@@ -23,16 +32,27 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from worker.errors import ConfigError, Forbidden
+from worker.profiles import MEMORY_ID
 
 
 class UserRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    memory_ids: tuple[str, ...] = Field(min_length=1)
+    memory_ids: tuple[str, ...] = ()
+    owners: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # other owner fields
     filters: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> UserRules:
+        if not (self.memory_ids or any(self.owners.values())):
+            raise ValueError("a user needs memory_ids or owners")
+        return self
+
+    def owner_globs(self, owner_field: str) -> tuple[str, ...]:
+        return self.memory_ids if owner_field == MEMORY_ID else self.owners.get(owner_field, ())
 
 
 class TenantPolicy(BaseModel):
@@ -54,16 +74,23 @@ class TenantPolicy(BaseModel):
             ) from None
 
     def check(
-        self, user_id: str | None, memory_id: str, filters: Mapping[str, str] | None = None
+        self,
+        user_id: str | None,
+        memory_id: str,
+        filters: Mapping[str, str] | None = None,
+        owner_field: str = MEMORY_ID,
     ) -> None:
-        """Raise Forbidden unless `user_id` may read `memory_id` within the scope its
-        rules pin (case-sensitive globs)."""
+        """Raise Forbidden unless `user_id` may read the memories whose `owner_field` is
+        `memory_id`, within the scope its rules pin (case-sensitive globs)."""
         if not user_id:
             raise Forbidden("the message has no user_id: the tenant policy needs an identity")
         rules = self.users.get(user_id)
-        if rules is None or not any(fnmatchcase(memory_id, glob) for glob in rules.memory_ids):
-            raise Forbidden(f"user {user_id!r} may not read memory_id {memory_id!r}")
-        for field, globs in rules.filters.items():
-            value = (filters or {}).get(field)
+        globs = rules.owner_globs(owner_field) if rules else ()
+        if not any(fnmatchcase(memory_id, glob) for glob in globs):
+            what = "memory_id" if owner_field == MEMORY_ID else f"{owner_field} (as memory_id)"
+            raise Forbidden(f"user {user_id!r} may not read {what} {memory_id!r}")
+        scope = {**(filters or {}), owner_field: memory_id}
+        for field, globs in rules.filters.items() if rules else ():
+            value = scope.get(field)
             if value is None or not any(fnmatchcase(value, glob) for glob in globs):
                 raise Forbidden(f"user {user_id!r} must filter {field!r} on its own scope")

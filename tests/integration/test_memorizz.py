@@ -1,7 +1,8 @@
 """A memorizz database as memorizz itself writes it (memorizz 0.17.16, its public API,
-HuggingFace embeddings from the bundled model, no network), served by a worker with
-RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy oracle over the stored embeddings
-under the same scope filters."""
+HuggingFace embeddings from the bundled model, a canned stand-in for the LLM, no
+network), served by a worker with RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy
+oracle over the stored embeddings under the same owner and scope filters, for every
+mapped collection memorizz writes (skillbox needs its learning loop: not written here)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ from memorizz.enums.memory_type import MemoryType  # noqa: E402
 from memorizz.long_term.episodic.conversational_memory_unit import (  # noqa: E402
     ConversationMemoryUnit,
 )
+from memorizz.long_term.procedural.toolbox.toolbox import Toolbox  # noqa: E402
+from memorizz.long_term.procedural.workflow.workflow import Workflow  # noqa: E402
 from memorizz.long_term.semantic.entity_memory.entity_memory import EntityMemory  # noqa: E402
+from memorizz.long_term.semantic.knowledge_base import KnowledgeBase  # noqa: E402
+from memorizz.memagent.managers.memory_manager import MemoryManager  # noqa: E402
 from memorizz.memory_provider.mongodb.provider import (  # noqa: E402
     MongoDBConfig,
     MongoDBProvider,
@@ -44,11 +49,53 @@ ENTITIES = {
     "bob": [("Lisbon", "city", "brother lives there"), ("TAP", "airline", "aisle")],
 }
 RELEVANCE_ONLY = RankWeights(relevance=1.0, recency=0.0, importance=0.0)
+CORPUS = {
+    "alice": "Porto sits on the Douro river. Its old town is a UNESCO site. Port wine ages in "
+    "cellars across the river in Gaia. The Dom Luis bridge joins the two banks.",
+    "bob": "Lisbon is built on seven hills. Tram 28 climbs through Alfama. Belem is known for "
+    "its custard tarts. The April 25th bridge crosses the Tagus.",
+}
+WORKFLOWS = {
+    "agent-1": [("book flight", "search fares, compare seats, pay"),
+                ("plan dinner", "find a vegetarian restaurant and reserve")],
+    "agent-2": [("renew passport", "fill the form, book an appointment")],
+}  # fmt: skip
+
+
+class CannedLLM:
+    """memorizz's summariser and its tool augmentation ask an LLM; this one answers from
+    what it is given. (Tools registered without augmentation carry no embedding until
+    memorizz back-fills one: the worker skips and counts such rows.)"""
+
+    def get_tool_metadata(self, func: Any) -> dict[str, Any]:
+        return {"name": func.__name__, "description": func.__doc__}
+
+    def augment_docstring(self, docstring: str) -> str:
+        return f"{docstring} Use it when planning a trip."
+
+    def generate_queries(self, docstring: str) -> list[str]:
+        return [f"how do I {docstring.lower()}"]
+
+    def generate(self, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> str:
+        text = " ".join(m.get("content", "") for m in messages if isinstance(m, dict))
+        return "Summary: " + ("peanut allergy, window seats, Porto" if "peanuts" in text
+                              else "vegetarian, aisle seats, Lisbon")  # fmt: skip
+
+
+def get_weather(city: str) -> str:
+    """Get the weather forecast for a city."""
+    return "sunny"
+
+
+def convert_currency(amount: float, currency: str) -> float:
+    """Convert an amount of money into another currency."""
+    return amount
 
 
 @pytest.fixture(scope="module")
 def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
-    """Two users' turns and entities under one memory_id, written by memorizz."""
+    """Two users' turns, entities, summaries and scratch notes under one memory_id, their
+    knowledge bases, two agents' tools and workflows: all written by memorizz."""
     database = f"memorizz_{uuid.uuid4().hex[:8]}"
     manager = configure_embeddings(
         "huggingface", {"model": bundled_model_path(), "local_files_only": True}
@@ -70,16 +117,41 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
                 name=name, entity_type=kind, memory_id="shared", user_id=user,
                 attributes=[{"name": "note", "value": note}],
             )  # fmt: skip
+        KNOWLEDGE[user] = KnowledgeBase(provider).ingest_knowledge(
+            CORPUS[user], namespace="travel", chunking_strategy="sentence", chunk_size=60,
+            user_id=user,
+        )  # fmt: skip
+        MemoryManager(provider).generate_summaries(
+            model=CannedLLM(), agent_id="agent-1", memory_ids=["shared"],
+            current_memory_id="shared", user_id=user, thread_id=None,
+        )  # fmt: skip
+        for note in (f"{user} is comparing fares", f"{user} wants a hotel near the river"):
+            scratch = {"content": note, "user_id": user, "embedding": provider.embed_text(note)}
+            provider.store(scratch, MemoryType.SHORT_TERM_MEMORY, memory_id="shared")
+    for agent, flows in WORKFLOWS.items():
+        for name, description in flows:
+            Workflow(name=name, description=description, memory_id="shared", agent_id=agent,
+                     user_id="alice").store_workflow(provider)  # fmt: skip
+    for agent, tools in {
+        "agent-1": [get_weather, convert_currency],
+        "agent-2": [get_weather],
+    }.items():
+        toolbox = Toolbox(provider, llm_provider=CannedLLM(), agent_id=agent)
+        for tool in tools:
+            toolbox.register_tool(tool, augment=True)
     yield database
     MongoClient(secantus.uri).drop_database(database)
 
 
-def oracle(uri: str, database: str, collection: str, user: str, query: np.ndarray, k: int
-           ) -> list[tuple[str, float]]:  # fmt: skip
-    """Top k (id, cosine) by brute force over the stored embeddings, same scope."""
-    rows: list[dict[str, Any]] = list(
-        MongoClient(uri)[database][collection].find({"memory_id": "shared", "user_id": user})
-    )
+KNOWLEDGE: dict[str, str] = {}  # user -> the knowledge_base_id memorizz gave its corpus
+
+
+def oracle(uri: str, database: str, collection: str, scope: dict[str, str], query: np.ndarray,
+           k: int) -> list[tuple[str, float]]:  # fmt: skip
+    """Top k (id, cosine) by brute force over the stored embeddings of the rows in scope."""
+    found = MongoClient(uri)[database][collection].find({**scope, "embedding": {"$exists": True}})
+    rows: list[dict[str, Any]] = list(found)
+    assert rows, f"memorizz wrote no embedded {collection} rows for {scope}"
     matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float64)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     cosines = matrix @ (query / np.linalg.norm(query))
@@ -112,7 +184,8 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
     for user, reply in replies.items():
         assert reply.status == "ok", reply.error
         for collection, k in limits.items():
-            expected = oracle(secantus.uri, memorizz_db, collection, user, query, k)
+            scope = {"memory_id": "shared", "user_id": user}
+            expected = oracle(secantus.uri, memorizz_db, collection, scope, query, k)
             hits = reply.results[collection]
             assert [hit.id for hit in hits] == [row_id for row_id, _ in expected]
             for hit, (_, cosine) in zip(hits, expected, strict=True):
@@ -121,3 +194,46 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
         entity = reply.results["entity_memory"][0]
         assert any(f"{name} ({kind}): note: {note}" == entity.content
                    for name, kind, note in ENTITIES[user])  # fmt: skip
+
+
+# (memory_id sent, limits, the owner field memorizz wrote) per request: one owner each.
+OWNED_ELSEWHERE = [
+    ("alice", {"summaries": 1, "short_term_memory": 2}, "user_id"),
+    ("bob", {"summaries": 1, "short_term_memory": 1}, "user_id"),
+    ("agent-1", {"workflow_memory": 2, "toolbox": 1}, "agent_id"),
+    ("agent-2", {"workflow_memory": 1, "toolbox": 1}, "agent_id"),
+]
+
+
+async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_field(
+    settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, embedder: Embedder
+) -> None:
+    mongo = mongo_settings(secantus.uri, store_profile="memorizz")
+    mongo = mongo.model_copy(update={"mongo_database": memorizz_db,
+        "amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix})  # fmt: skip
+    store = MongoStore(mongo, embedder.dimensions)
+    await store.connect()
+    question = "what do I know about the river, the bridge and my trip?"
+    asks = [*OWNED_ELSEWHERE, *((KNOWLEDGE[user], {"knowledge_base": 3}, "knowledge_base_id")
+                                for user in TURNS)]  # fmt: skip
+    async with (
+        running_worker(mongo, embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        replies = [await client.retrieve(question, owner, limits, weights=RELEVANCE_ONLY)
+                   for owner, limits, _ in asks]  # fmt: skip
+        mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
+                                                           "summaries": 1})  # fmt: skip
+    await store.close()
+    query = embedder.encode([question])[0]
+    for (owner, limits, field), reply in zip(asks, replies, strict=True):
+        assert reply.status == "ok", reply.error
+        for collection, k in limits.items():
+            expected = oracle(secantus.uri, memorizz_db, collection, {field: owner}, query, k)
+            hits = reply.results[collection]
+            assert [hit.id for hit in hits] == [row_id for row_id, _ in expected], collection
+            for hit, (_, cosine) in zip(hits, expected, strict=True):
+                assert hit.score == pytest.approx(cosine, abs=1e-5)
+                assert hit.content
+    assert mixed.status == "error" and mixed.error is not None
+    assert mixed.error.code == "invalid_request" and "one request per owner" in mixed.error.message

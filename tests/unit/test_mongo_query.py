@@ -136,3 +136,21 @@ def test_the_index_size_is_read_from_list_search_indexes_output() -> None:
     ]}}  # fmt: skip
     assert index_dimensions(index) == 256
     assert index_dimensions({"name": "x"}) is None
+
+
+def test_an_owner_field_replaces_memory_id_and_a_scope_may_never_override_it() -> None:
+    [stage, project] = vector_search_pipeline(
+        "vector_index", np.ones(4), "kb-1", 5, exact=False, scope=(("user_id", "alice"),),
+        owner_field="knowledge_base_id",
+    )  # fmt: skip
+    assert stage["$vectorSearch"]["filter"] == {
+        "knowledge_base_id": {"$eq": "kb-1"}, "user_id": {"$eq": "alice"},
+    }  # fmt: skip
+    assert project["$project"]["knowledge_base_id"] == 1
+    with pytest.raises(TypeError, match="twice"):
+        tenant_filter("alice", [("user_id", "bob")], owner_field="user_id")
+    for hostile in ("$where", "a.b", ""):
+        with pytest.raises(TypeError):
+            tenant_filter("alice", (), owner_field=hostile)
+    row = {"_id": 7, "knowledge_base_id": "kb-1", "content": "Porto"}
+    assert to_memory(row, "knowledge_base", "knowledge_base_id").memory_id == "kb-1"

@@ -46,19 +46,58 @@ def test_settings_add_and_override_mappings_and_refuse_malformed_ones() -> None:
 
 
 def test_an_alias_and_its_collection_share_one_search_and_keep_their_own_limits() -> None:
-    collections = load_profile("memorizz").collections
+    profile = load_profile("recallq", "facts=long_term_memory")
     requests = [
-        request("a", {"long_term_memory": 2, "toolbox": 1}),
-        request("b", {"knowledge_base": 5}),
-        request("c", {"knowledge_base": 1}, memory_id="other"),
+        request("a", {"facts": 2, "summaries": 1}),
+        request("b", {"long_term_memory": 5}),
+        request("c", {"long_term_memory": 1}, memory_id="other"),
     ]
     vectors = np.eye(3, 4, dtype=np.float32)
-    groups, slots = build_groups(requests, vectors, 1, collections)
+    groups, slots = build_groups(requests, vectors, 1, profile)
     by_key = {(g.memory_type, g.memory_id): (g, s) for g, s in zip(groups, slots, strict=True)}
-    group, members = by_key[("knowledge_base", "m")]
-    assert members == [(0, "long_term_memory"), (1, "knowledge_base")]
+    group, members = by_key[("long_term_memory", "m")]
+    assert members == [(0, "facts"), (1, "long_term_memory")]
     assert group.ks == (2, 5)
-    assert set(by_key) == {("knowledge_base", "m"), ("toolbox", "m"), ("knowledge_base", "other")}
+    assert set(by_key) == {
+        ("long_term_memory", "m"), ("summaries", "m"), ("long_term_memory", "other")
+    }  # fmt: skip
+
+
+def test_memorizz_rows_written_without_memory_id_are_owned_by_the_field_they_carry() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id")
+    owners = {t: profile.owner(t) for t in profile.memory_types}
+    assert owners == {
+        "conversation_memory": "memory_id", "entity_memory": "memory_id",
+        "long_term_memory": "memory_id", "knowledge_base": "knowledge_base_id",
+        "workflow_memory": "agent_id", "toolbox": "agent_id", "skillbox": "agent_id",
+        "summaries": "user_id", "short_term_memory": "user_id",
+    }  # fmt: skip
+    assert profile.owner_fields("knowledge_base") == ["knowledge_base_id", "memory_id"]
+    assert profile.check(["toolbox", "workflow_memory"], ["user_id"]) == "agent_id"
+    # long_term_memory and knowledge_base: one collection, two owners, two searches
+    groups, _ = build_groups(
+        [request("a", {"long_term_memory": 1}), request("b", {"knowledge_base": 1})],
+        np.eye(2, 4, dtype=np.float32), 1, profile,
+    )  # fmt: skip
+    assert sorted(g.owner_field for g in groups) == ["knowledge_base_id", "memory_id"]
+
+
+def test_one_request_names_one_owner_and_never_filters_on_it() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id,agent_id")
+    with pytest.raises(InvalidMessage, match=r"conversation_memory by memory_id.*summaries by"):
+        profile.check(["conversation_memory", "summaries"])
+    with pytest.raises(InvalidMessage, match="'user_id' is the owner field here"):
+        profile.check(["summaries"], ["user_id"])
+
+
+def test_settings_name_owner_fields_and_the_embedded_store_refuses_them() -> None:
+    profile = load_profile("recallq", "notes=agent_notes:agent_id, facts=long_term_memory")
+    assert profile.owner("notes") == "agent_id"
+    assert profile.owner("facts") == "memory_id"
+    with pytest.raises(ConfigError, match="RECALLQ_MEMORY_TYPES"):
+        load_profile("recallq", "notes=agent_notes:$where")
+    with pytest.raises(ConfigError, match="embedded store keeps memories by memory_id only"):
+        WorkerSettings(store_url="sqlite:///x.db", store_profile="memorizz").profile()
 
 
 @pytest.mark.parametrize(

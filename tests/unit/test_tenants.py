@@ -67,3 +67,25 @@ def test_a_users_pinned_scope_must_be_in_its_filters() -> None:
     for filters in (None, {}, {"user_id": "bob"}, {"agent_id": "alice"}, {"user_id": "alice*"}):
         with pytest.raises(Forbidden, match="must filter 'user_id'"):
             policy.check("app-alice", "shared", filters)
+
+
+def test_other_owner_fields_are_granted_apart_from_memory_ids() -> None:
+    policy = TenantPolicy.model_validate(
+        {
+            "users": {
+                "app-alice": {
+                    "memory_ids": ["shared"],
+                    "owners": {"agent_id": ["agent-1"], "user_id": ["alice"]},
+                    "filters": {"user_id": ["alice"]},
+                }
+            }
+        }
+    )
+    policy.check("app-alice", "agent-1", {"user_id": "alice"}, owner_field="agent_id")
+    policy.check("app-alice", "alice", None, owner_field="user_id")  # the owner meets the pin
+    for memory_id, owner in [("agent-1", "memory_id"), ("shared", "agent_id"),
+                             ("bob", "user_id"), ("kb-1", "knowledge_base_id")]:  # fmt: skip
+        with pytest.raises(Forbidden, match="may not read"):
+            policy.check("app-alice", memory_id, {"user_id": "alice"}, owner_field=owner)
+    with pytest.raises(Forbidden, match="must filter 'user_id'"):
+        policy.check("app-alice", "agent-1", None, owner_field="agent_id")

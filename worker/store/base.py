@@ -14,7 +14,7 @@ class Memory:
     """A stored memory, without its embedding."""
 
     id: str
-    memory_id: str
+    memory_id: str  # its owner value (the profile's owner field; memory_id by default)
     memory_type: str  # the collection it is stored in
     content: str
     timestamp: float | None  # epoch seconds; None: the row has no time (no recency penalty)
@@ -33,17 +33,18 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchGroup:
-    """All queries of a batch that search the same (memory type, memory_id).
+    """All queries of a batch that search the same (collection, owner, filters).
 
     Grouping lets an exact store score the whole group with one matrix multiply.
     `ks[i]` is how many candidates query `vectors[i]` wants.
     """
 
     memory_type: str  # the collection to search (the profile maps request types to it)
-    memory_id: str
+    memory_id: str  # the owner value: rows whose `owner_field` equals it
     vectors: Vectors
     ks: tuple[int, ...]
     filters: tuple[tuple[str, str], ...] = ()  # scope equalities, sorted
+    owner_field: str = "memory_id"
 
 
 GroupResult = list[list[Candidate]]  # per query of the group, best first

@@ -25,11 +25,11 @@ from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
 from worker.store.mongo_query import (
-    MEMORY_FIELDS,
     cosine_from_vector_score,
     dimension_mismatch,
     embedding_matrix,
     index_dimensions,
+    projection,
     tenant_filter,
     to_document,
     to_memory,
@@ -53,9 +53,8 @@ class MongoStore:
         self._dimensions = dimensions
         # Only the collections this deployment maps: a memorizz database has no
         # recallq-only collections, and the probe must not ask for them.
-        profile = settings.profile()
-        self._collections = profile.distinct_collections
-        self._scope_fields = profile.scope_fields
+        self._profile = settings.profile()
+        self._collections = self._profile.distinct_collections
         self._model = settings.embed_model or "the bundled all-MiniLM-L6-v2"
         self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -103,11 +102,14 @@ class MongoStore:
             await self._guarded(partial(collection.bulk_write, operations, ordered=False))
 
     async def ensure_indexes(self) -> None:
-        """B-tree (memory_id, timestamp) everywhere; vector indexes where the server has them."""
+        """B-tree (owner, timestamp) for each owner field of each collection; vector indexes
+        where the server has them."""
         for name in self._collections:
             collection = self._db[name]
-            keys = [("memory_id", ASCENDING), ("timestamp", DESCENDING)]
-            await self._guarded(partial(collection.create_index, keys, name=BTREE_INDEX))
+            for owner in self._profile.owner_fields(name):
+                keys = [(owner, ASCENDING), ("timestamp", DESCENDING)]
+                index = BTREE_INDEX if owner == "memory_id" else f"{owner}_timestamp"
+                await self._guarded(partial(collection.create_index, keys, name=index))
         if self._settings.mongo_search == "exact":
             return
         try:
@@ -134,18 +136,20 @@ class MongoStore:
 
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
         collection = self._db[group.memory_type]
-        projection = {field: 1 for field in (*MEMORY_FIELDS, "embedding")}
+        owner = group.owner_field
+        query = tenant_filter(group.memory_id, group.filters, owner)
+        fields = projection(owner, embedding=True)
         timeout_ms = self._settings.mongo_query_timeout_ms
 
         async def fetch() -> list[dict[str, Any]]:
-            cursor = collection.find(tenant_filter(group.memory_id, group.filters), projection)
+            cursor = collection.find(query, fields)
             return await cursor.max_time_ms(timeout_ms).to_list(None)
 
         fetched = await self._guarded(fetch)
         documents = [d for d in fetched if isinstance(d.get("embedding"), list)]
         if len(documents) < len(fetched):  # not embedded yet (memorizz back-fills them)
             self.on_skipped(group.memory_type, len(fetched) - len(documents))
-        memories = [to_memory(d, group.memory_type) for d in documents]
+        memories = [to_memory(d, group.memory_type, owner) for d in documents]
         try:
             matrix = embedding_matrix(documents, self._dimensions)
         except ValueError:
@@ -164,6 +168,7 @@ class MongoStore:
             group.ks[row],
             exact=self._settings.mongo_vector_exact,
             scope=group.filters,
+            owner_field=group.owner_field,
         )
         collection = self._db[group.memory_type]
         timeout_ms = self._settings.mongo_query_timeout_ms
@@ -173,7 +178,10 @@ class MongoStore:
             return await cursor.to_list(None)
 
         return [
-            Candidate(to_memory(d, group.memory_type), cosine_from_vector_score(d["score"]))
+            Candidate(
+                to_memory(d, group.memory_type, group.owner_field),
+                cosine_from_vector_score(d["score"]),
+            )
             for d in await self._guarded(run)
         ]
 
@@ -232,8 +240,12 @@ class MongoStore:
         existing = await (await collection.list_search_indexes(name)).to_list(None)
         if existing:
             return
+        filter_fields = [
+            *self._profile.owner_fields(name_of_collection),
+            *self._profile.scope_fields,
+        ]
         model = SearchIndexModel(
-            vector_index_definition(self._dimensions, self._scope_fields),
+            vector_index_definition(self._dimensions, filter_fields),
             name=name,
             type="vectorSearch",
         )

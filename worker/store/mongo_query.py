@@ -38,14 +38,26 @@ MEMORY_FIELDS = (
 )
 
 
-def tenant_filter(memory_id: str, scope: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """memory_id and the scope equalities; `$eq` makes every value a literal even if it
-    were an operator document (validation already allows only strings)."""
-    clauses = [("memory_id", memory_id), *scope]
+def tenant_filter(
+    memory_id: str, scope: Sequence[tuple[str, str]] = (), owner_field: str = "memory_id"
+) -> dict[str, Any]:
+    """The owner equality (`owner_field` = the request's memory_id) and the scope
+    equalities; `$eq` makes every value a literal even if it were an operator document
+    (validation already allows only strings). A field named twice is refused: a scope
+    value must never replace the owner's."""
+    clauses = [(owner_field, memory_id), *scope]
     for field, value in clauses:
-        if not isinstance(value, str) or field.startswith("$"):
-            raise TypeError(f"filter {field!r} must be a string equality")
+        if not isinstance(value, str) or not field or field.startswith("$") or "." in field:
+            raise TypeError(f"filter {field!r} must be a string equality on a plain field")
+    if len({field for field, _ in clauses}) < len(clauses):
+        raise TypeError(f"filter names {owner_field!r} twice")
     return {field: {"$eq": value} for field, value in clauses}
+
+
+def projection(owner_field: str, *, embedding: bool) -> dict[str, Any]:
+    """The fields a Memory is read from, the owner field among them."""
+    fields = (*MEMORY_FIELDS, owner_field, *(("embedding",) if embedding else ()))
+    return {field: 1 for field in fields}
 
 
 def num_candidates(limit: int) -> int:
@@ -61,29 +73,31 @@ def vector_search_pipeline(
     *,
     exact: bool,
     scope: Sequence[tuple[str, str]] = (),
+    owner_field: str = "memory_id",
 ) -> list[dict[str, Any]]:
     """$vectorSearch first, the tenant filter inside the stage, the embedding left out."""
     stage: dict[str, Any] = {
         "index": index,
         "path": "embedding",
         "queryVector": [float(x) for x in query],
-        "filter": tenant_filter(memory_id, scope),
+        "filter": tenant_filter(memory_id, scope, owner_field),
         "limit": limit,
     }
     if exact:
         stage["exact"] = True
     else:
         stage["numCandidates"] = num_candidates(limit)
-    projection: dict[str, Any] = {field: 1 for field in MEMORY_FIELDS}
-    projection["score"] = {"$meta": "vectorSearchScore"}
-    return [{"$vectorSearch": stage}, {"$project": projection}]
+    fields = projection(owner_field, embedding=False)
+    fields["score"] = {"$meta": "vectorSearchScore"}
+    return [{"$vectorSearch": stage}, {"$project": fields}]
 
 
-def vector_index_definition(dimensions: int, scope_fields: Iterable[str] = ()) -> dict[str, Any]:
-    """The vector field and, as filter fields, memory_id and every scope field."""
+def vector_index_definition(dimensions: int, filter_fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The vector field and, as filter fields, memory_id and every owner and scope field."""
     vector = {"type": "vector", "path": "embedding", "numDimensions": dimensions,
               "similarity": "cosine"}  # fmt: skip
-    filters = [{"type": "filter", "path": path} for path in ["memory_id", *sorted(scope_fields)]]
+    paths = sorted({"memory_id", *filter_fields})
+    filters = [{"type": "filter", "path": path} for path in paths]
     return {"fields": [vector, *filters]}
 
 
@@ -130,12 +144,12 @@ def to_document(memory: Memory, embedding: Vectors) -> dict[str, Any]:
     return document
 
 
-def to_memory(document: dict[str, Any], memory_type: str) -> Memory:
+def to_memory(document: dict[str, Any], memory_type: str, owner_field: str = "memory_id") -> Memory:
     tags = document.get("situational_tags")
     summary, role = document.get("summary_content"), document.get("role")
     return Memory(
         id=str(document["_id"]),
-        memory_id=str(document["memory_id"]),
+        memory_id=str(document[owner_field]),
         memory_type=memory_type,
         content=read_content(document),
         timestamp=read_time(document),
