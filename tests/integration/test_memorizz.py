@@ -2,7 +2,7 @@
 HuggingFace embeddings from the bundled model, a canned stand-in for the LLM, no
 network), served by a worker with RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy
 oracle over the stored embeddings under the same owner and scope filters, for every
-mapped collection memorizz writes (skillbox needs its learning loop: not written here)."""
+collection the memorizz profile maps."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
 from worker.embed import Embedder
 from worker.encoders import bundled_model_path
+from worker.profiles import load_profile
 from worker.settings import WorkerSettings
 from worker.store.mongo import MongoStore
 
@@ -30,6 +31,8 @@ from memorizz.enums.memory_type import MemoryType  # noqa: E402
 from memorizz.long_term.episodic.conversational_memory_unit import (  # noqa: E402
     ConversationMemoryUnit,
 )
+from memorizz.long_term.procedural.skillbox.skill import Skill  # noqa: E402
+from memorizz.long_term.procedural.skillbox.skillbox import Skillbox  # noqa: E402
 from memorizz.long_term.procedural.toolbox.toolbox import Toolbox  # noqa: E402
 from memorizz.long_term.procedural.workflow.workflow import Workflow  # noqa: E402
 from memorizz.long_term.semantic.entity_memory.entity_memory import EntityMemory  # noqa: E402
@@ -121,6 +124,11 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
             CORPUS[user], namespace="travel", chunking_strategy="sentence", chunk_size=60,
             user_id=user,
         )  # fmt: skip
+        # what MemAgent.remember files in the knowledge base: the agent's memory_id kept
+        KnowledgeBase(provider).ingest_knowledge(
+            f"{user} always travels with a folding bike", "remembered", chunking_strategy="none",
+            user_id=user, metadata={"memory_id": "shared", "agent_id": "agent-1"},
+        )  # fmt: skip
         MemoryManager(provider).generate_summaries(
             model=CannedLLM(), agent_id="agent-1", memory_ids=["shared"],
             current_memory_id="shared", user_id=user, thread_id=None,
@@ -139,6 +147,10 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
         toolbox = Toolbox(provider, llm_provider=CannedLLM(), agent_id=agent)
         for tool in tools:
             toolbox.register_tool(tool, augment=True)
+        for name, description in WORKFLOWS[agent]:
+            skill = Skill(name=f"skill: {name}", description=description,
+                          content=f"When asked to {name}: {description}.")  # fmt: skip
+            Skillbox(provider, agent_id=agent).add_skill(skill)
     yield database
     MongoClient(secantus.uri).drop_database(database)
 
@@ -200,8 +212,8 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
 OWNED_ELSEWHERE = [
     ("alice", {"summaries": 1, "short_term_memory": 2}, "user_id"),
     ("bob", {"summaries": 1, "short_term_memory": 1}, "user_id"),
-    ("agent-1", {"workflow_memory": 2, "toolbox": 1}, "agent_id"),
-    ("agent-2", {"workflow_memory": 1, "toolbox": 1}, "agent_id"),
+    ("agent-1", {"workflow_memory": 2, "toolbox": 1, "skillbox": 1}, "agent_id"),
+    ("agent-2", {"workflow_memory": 1, "toolbox": 1, "skillbox": 1}, "agent_id"),
 ]
 
 
@@ -215,7 +227,8 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
     await store.connect()
     question = "what do I know about the river, the bridge and my trip?"
     asks = [*OWNED_ELSEWHERE, *((KNOWLEDGE[user], {"knowledge_base": 3}, "knowledge_base_id")
-                                for user in TURNS)]  # fmt: skip
+                                for user in TURNS),
+            ("shared", {"long_term_memory": 1}, "memory_id")]  # fmt: skip
     async with (
         running_worker(mongo, embedder, store),
         RetrievalClient(settings, timeout=30) as client,
@@ -228,10 +241,11 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
     query = embedder.encode([question])[0]
     for (owner, limits, field), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
-        for collection, k in limits.items():
+        for memory_type, k in limits.items():
+            collection = load_profile("memorizz").collection(memory_type)
             expected = oracle(secantus.uri, memorizz_db, collection, {field: owner}, query, k)
-            hits = reply.results[collection]
-            assert [hit.id for hit in hits] == [row_id for row_id, _ in expected], collection
+            hits = reply.results[memory_type]
+            assert [hit.id for hit in hits] == [row_id for row_id, _ in expected], memory_type
             for hit, (_, cosine) in zip(hits, expected, strict=True):
                 assert hit.score == pytest.approx(cosine, abs=1e-5)
                 assert hit.content
