@@ -9,8 +9,8 @@ from benchmarks import bulk_interactive, chaos, harness, overload
 from benchmarks.common import RESULTS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    parser = argparse.ArgumentParser(prog=prog)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="embed ceiling, naive, Celery and recallq compared")
     run.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
@@ -29,7 +29,7 @@ def main() -> None:
     burst.add_argument("--quick", action="store_true", help="a small smoke run")
     bulk = commands.add_parser("bulk-interactive", help="RPC latency while a bulk job runs")
     bulk.add_argument("--quick", action="store_true", help="a small run (about a minute)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "run":
         harness.main(quick=args.quick, results_dir=args.results)
     elif args.command == "bulk-interactive":
@@ -37,8 +37,9 @@ def main() -> None:
     elif args.command == "overload":
         overload.main(args.factor, args.rate, quick=args.quick)
     elif args.command == "chaos":
-        raise SystemExit(chaos.main(args.requests, args.kills, args.cluster))
+        return chaos.main(args.requests, args.kills, args.cluster)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

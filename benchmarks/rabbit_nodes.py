@@ -114,16 +114,19 @@ class LocalNode:
 
 
 @contextmanager
-def local_nodes(count: int, first_port: int = 5681) -> Iterator[list[LocalNode]]:
-    """`count` nodes, clustered when more than one; stopped and deleted afterwards."""
+def local_nodes(
+    count: int, first_port: int = 5681, *, start: bool = True
+) -> Iterator[list[LocalNode]]:
+    """`count` nodes, clustered when more than one (`start=False`: set up, left for the
+    caller to start); stopped and deleted afterwards."""
     base = Path(tempfile.mkdtemp(prefix="recallq-rabbit-"))
     shutil.chown(base, "rabbitmq", "rabbitmq")
     tag = uuid.uuid4().hex[:6]
     nodes = [LocalNode(f"recallq-{tag}-{i}", first_port + i, base / str(i)) for i in range(count)]
     try:
-        for node in nodes:
+        for node in nodes if start else ():
             node.start()
-        for node in nodes[1:]:
+        for node in nodes[1:] if start else ():
             node.join(nodes[0])
         yield nodes
     finally:

@@ -15,7 +15,8 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from producer.client import PUBLISH_ERRORS
 from producer.jobfiles import Plan, read_plan, write_bad_lines, written_request_ids
+from schemas.connect import connect_waiting
 from schemas.messages import (
     CONTENT_TYPE,
     SCHEMA_HEADER,
@@ -72,6 +74,11 @@ class BulkSummary:
     def rate(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
+    def as_dict(self) -> dict[str, object]:
+        """For `--json`: every count, the statuses, and whether the job is complete."""
+        fields = {**asdict(self), "by_status": dict(self.by_status)}
+        return {**fields, "complete": self.complete, "rate": round(self.rate, 1)}
+
 
 @dataclass
 class BulkJob:
@@ -105,9 +112,14 @@ class BulkJob:
 
     async def _run(self, plan: Plan, todo: list[RetrievalRequest], summary: BulkSummary) -> None:
         topology = self.settings.topology
-        connection = await aio_pika.connect_robust(
+        connection = await connect_waiting(
+            partial(
+                aio_pika.connect_robust,
+                self.settings.amqp_url,
+                client_properties={"connection_name": f"recallq-bulk {self.job_id}"},
+            ),
             self.settings.amqp_url,
-            client_properties={"connection_name": f"recallq-bulk {self.job_id}"},
+            self.settings.connect_wait_s,
         )
         async with connection:
             channel = await connection.channel(on_return_raises=True)

@@ -1,9 +1,11 @@
-"""`python -m producer ask "QUERY" --memory-id ID [--limit TYPE=N ...]`."""
+"""`python -m producer ask "QUERY" --memory-id ID [--limit TYPE=N ...] | bulk INPUT --output F`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
 import sys
 import textwrap
 import time
@@ -13,31 +15,71 @@ from pydantic import ValidationError
 
 from producer.bulk import BulkJob, BulkSummary
 from producer.client import RetrievalClient, RetrievalError, RetrievalTimeout
+from schemas.connect import StartupError, explain
+from schemas.logs import configure_logging
 from schemas.messages import MemoryType, RetrievalResponse
 from schemas.settings import BrokerSettings
 
 DEFAULT_LIMITS = {
-    MemoryType.CONVERSATION: 3,
-    MemoryType.LONG_TERM: 3,
-    MemoryType.PROCEDURAL: 3,
+    MemoryType.CONVERSATION.value: 3,
+    MemoryType.LONG_TERM.value: 3,
+    MemoryType.PROCEDURAL.value: 3,
 }
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def parse_limit(text: str) -> tuple[MemoryType, int]:
+def parse_limit(text: str) -> tuple[str, int]:
+    """TYPE=N; which types a worker serves is its store profile's (it names them when
+    refusing one)."""
     name, _, count = text.partition("=")
+    if not TYPE_NAME.match(name) or not (count or "5").isdigit():
+        raise argparse.ArgumentTypeError("expected TYPE=N, TYPE a memory type such as "
+                                         "conversation_memory")  # fmt: skip
+    return name, int(count or 5)
+
+
+def parse_filter(text: str) -> tuple[str, str]:
+    field, sep, value = text.partition("=")
+    if not sep or not field or not value:
+        raise argparse.ArgumentTypeError("expected FIELD=VALUE, e.g. user_id=alice")
+    return field, value
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m producer") -> int:
+    """Exit 0 on an ok answer; 1 on an error answer or an unfinished job; 2 with one
+    line on stderr when the request could not be made (a traceback only with --debug)."""
+    args = build_parser(prog).parse_args(argv)
     try:
-        return MemoryType(name), int(count or 5)
-    except ValueError:
-        types = ", ".join(t.value for t in MemoryType)
-        raise argparse.ArgumentTypeError(f"expected TYPE=N with TYPE one of {types}") from None
+        settings = BrokerSettings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "RECALLQ_" + "_".join(map(str, error["loc"])).upper()
+        print(f"{prog} {args.command}: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)  # on stderr: stdout is output
+    try:
+        if args.command == "bulk":
+            return run_bulk(
+                args.input, args.output, args.job_id, args.concurrency, settings, args.json
+            )
+        limits = dict(args.limit) if args.limit else DEFAULT_LIMITS
+        filters = dict(args.filter) if args.filter else None
+        return asyncio.run(_ask(args, limits, filters, settings))
+    except Exception as exc:
+        line = str(exc) if isinstance(exc, StartupError) else explain(exc, settings.amqp_url)
+        if line is None or args.debug:
+            raise
+        print(f"{prog} {args.command}: {line}", file=sys.stderr)
+        return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m producer")
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ask = commands.add_parser("ask", help="retrieve memories for one query over RPC")
     ask.add_argument("query")
-    ask.add_argument("--memory-id", required=True)
+    ask.add_argument("--memory-id", required=True, help="whose memories (the owner value)")
     ask.add_argument(
         "--limit",
         type=parse_limit,
@@ -45,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TYPE=N",
         help="hits per memory type (repeatable); default: conversation, long-term, procedural x3",
     )
+    ask.add_argument("--filter", type=parse_filter, action="append", metavar="FIELD=VALUE",
+                     help="a scope equality such as user_id=alice (repeatable)")  # fmt: skip
     ask.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
     ask.add_argument("--json", action="store_true", help="print the raw response")
     bulk = commands.add_parser("bulk", help="run a resumable bulk retrieval job")
@@ -52,18 +96,23 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--output", type=Path, required=True, help="results, one JSON line each")
     bulk.add_argument("--job-id", default="", help="default: derived from input and output paths")
     bulk.add_argument("--concurrency", type=int, default=64, help="publishes in flight")
-    args = parser.parse_args(argv)
-    if args.command == "bulk":
-        return run_bulk(args.input, args.output, args.job_id, args.concurrency)
-    limits = dict(args.limit) if args.limit else DEFAULT_LIMITS
-    return asyncio.run(_ask(args.query, args.memory_id, limits, args.timeout, args.json))
+    bulk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
 
 
-def run_bulk(input_path: Path, output: Path, job_id: str, concurrency: int) -> int:
+def run_bulk(
+    input_path: Path,
+    output: Path,
+    job_id: str,
+    concurrency: int,
+    settings: BrokerSettings | None = None,
+    as_json: bool = False,
+) -> int:
     if not input_path.is_file():
         print(f"no such file: {input_path}", file=sys.stderr)
         return 2
-    job = BulkJob(input_path, output, job_id=job_id, concurrency=max(1, concurrency))
+    job = BulkJob(input_path, output, job_id=job_id, concurrency=max(1, concurrency),
+                  settings=settings or BrokerSettings())  # fmt: skip
     try:
         summary = asyncio.run(job.run())
     except KeyboardInterrupt:
@@ -74,8 +123,9 @@ def run_bulk(input_path: Path, output: Path, job_id: str, concurrency: int) -> i
         )
         return 130
     if summary.bad_lines:
-        print(f"{summary.bad_lines} bad input lines skipped, listed in {job.errors_path}")
-    print(render_summary(summary))
+        print(f"{summary.bad_lines} bad input lines skipped, listed in {job.errors_path}",
+              file=sys.stderr)  # fmt: skip
+    print(json.dumps(summary.as_dict()) if as_json else render_summary(summary))
     return 0 if summary.complete else 1
 
 
@@ -90,12 +140,16 @@ def render_summary(summary: BulkSummary) -> str:
 
 
 async def _ask(
-    query: str, memory_id: str, limits: dict[MemoryType, int], timeout: float, as_json: bool
+    args: argparse.Namespace,
+    limits: dict[str, int],
+    filters: dict[str, str] | None,
+    settings: BrokerSettings,
 ) -> int:
+    query, as_json = args.query, args.json
     started = time.perf_counter()
     try:
-        async with RetrievalClient(BrokerSettings(), timeout=timeout) as client:
-            response = await client.retrieve(query, memory_id, limits)
+        async with RetrievalClient(settings, timeout=args.timeout) as client:
+            response = await client.retrieve(query, args.memory_id, limits, filters=filters)
     except ValidationError as exc:
         print(f"invalid request: {exc}", file=sys.stderr)
         return 2

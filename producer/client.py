@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 
 import aio_pika
@@ -28,6 +29,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pydantic import ValidationError
 
+from schemas.connect import connect_waiting
 from schemas.messages import (
     CONTENT_TYPE,
     SCHEMA_HEADER,
@@ -124,11 +126,17 @@ class RetrievalClient:
         return self._topology.reply(self.client_id).name
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
+        connection = await connect_waiting(
+            partial(
+                aio_pika.connect_robust,
+                self.settings.amqp_url,
+                client_properties={"connection_name": f"recallq-client {self.client_id}"},
+            ),
             self.settings.amqp_url,
-            client_properties={"connection_name": f"recallq-client {self.client_id}"},
+            self.settings.connect_wait_s,
         )
-        self._channel = await self._connection.channel(on_return_raises=True)
+        self._connection = connection
+        self._channel = await connection.channel(on_return_raises=True)
         await self._topology.prepare_client(self._channel)
         reply = self._topology.reply(self.client_id)
         self._reply_queue = await self._topology.declare_private(self._channel, reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, model_validator
@@ -49,6 +50,21 @@ class BrokerSettings(BaseSettings):
         default=MAX_DEAD_LETTERS,
         ge=1,
         description="Dead letters kept; past it the oldest is dropped.",
+    )
+
+    connect_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="At start, how long to wait for a broker (and, for a worker, a MongoDB "
+        "store) that is not reachable yet, retrying with backoff and logging each retry; then "
+        "exit 2 with one line naming what to check.",
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest log level written."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto = console on a terminal, JSON otherwise."
     )
 
     worker_users: str = Field(

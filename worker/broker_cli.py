@@ -32,6 +32,7 @@ def add_broker_commands(commands: Any) -> None:
     dead.add_argument("action", choices=("list", "requeue", "purge"))
     dead.add_argument("--limit", type=int, default=100, help="most dead letters to look at")
     dead.add_argument("--request-id", help="requeue only this request")
+    dead.add_argument("--json", action="store_true", help="list: one JSON object a line")
 
 
 def run_broker_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
@@ -47,8 +48,11 @@ def run_broker_command(args: argparse.Namespace, settings: WorkerSettings) -> in
         return 0
     if args.action == "list":
         letters = asyncio.run(dead_letters.list_dead_letters(settings, args.limit))
-        for letter in letters:
-            print(dead_letters.as_json(letter))
+        if args.json:
+            for letter in letters:
+                print(dead_letters.as_json(letter))
+        elif letters:
+            print(dead_letters.as_table(letters))
         print(f"{len(letters)} dead letters: {dead_letters.summarise(letters)}", file=sys.stderr)
     elif args.action == "requeue":
         moved = asyncio.run(dead_letters.requeue(settings, args.limit, args.request_id))

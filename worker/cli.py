@@ -1,5 +1,6 @@
-"""`python -m worker run [--burst] | init | export | ingest FILE.jsonl | definitions |
-dead-letters list|requeue|purge`."""
+"""The worker: serve retrieval requests, prepare the model and the store, ingest
+memories, write broker definitions, inspect dead letters (`recallq worker` or
+`python -m worker`)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,44 @@ from typing import Any, TypeVar
 
 import structlog
 
+from schemas.logs import configure_logging
 from worker.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
 from worker.embed import Embedder
 from worker.encoders import load_encoder, resolved
-from worker.errors import ConfigError, RecallqError
+from worker.errors import ConfigError
 from worker.ingest import ingest_file
-from worker.logs import configure_logging
 from worker.service import Worker
 from worker.settings import WorkerSettings
-from worker.store import MemoryStore, open_store
+from worker.startup import failure_line, wait_for_store
+from worker.store import MemoryStore, SQLiteStore, open_store
 from worker.threads import name_main_thread
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def main(argv: list[str] | None = None, prog: str = "python -m worker") -> int:
+    """Exit 0; 1 when some input was bad (ingest); 2 with one line on stderr when the
+    start failed for a reason a person must fix (a traceback only with --debug)."""
+    args = build_parser(prog).parse_args(argv)
+    settings: WorkerSettings | None = None
+    try:
+        settings = WorkerSettings()
+        configure_logging(settings.log_level, settings.log_format)
+        return _dispatch(args, settings)
+    except Exception as exc:
+        urls = (settings.amqp_url, settings.store_url) if settings else ("", "")
+        line = failure_line(exc, *urls)
+        if line is None or args.debug:
+            raise
+        print(f"{prog} {args.command}: {line}", file=sys.stderr)
+        return 2
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="serve retrieval requests until SIGTERM")
     run.add_argument(
         "--burst",
@@ -48,28 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--batch-size", type=int, default=64)
     add_broker_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
 
-    settings = WorkerSettings()
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        if args.command == "run":
-            name_main_thread()
-            run_on_loop(_run(settings, burst=args.burst), settings.event_loop)
-        elif args.command == "init":
-            asyncio.run(_init(settings))
-        elif args.command == "export":
-            _export(settings)
-        elif args.command in BROKER_COMMANDS:
-            return run_broker_command(args, settings)
-        else:
-            if not args.file.is_file():
-                print(f"no such file: {args.file}", file=sys.stderr)
-                return 2
-            return asyncio.run(_ingest(settings, args.file, args.batch_size))
-    except RecallqError as exc:
-        print(f"{args.command} failed: {exc}", file=sys.stderr)
-        return 1
+
+def _dispatch(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    if args.command == "run":
+        name_main_thread()
+        run_on_loop(_run(settings, burst=args.burst), settings.event_loop)
+    elif args.command == "init":
+        asyncio.run(_init(settings))
+    elif args.command == "export":
+        _export(settings)
+    elif args.command in BROKER_COMMANDS:
+        return run_broker_command(args, settings)
+    else:
+        if not args.file.is_file():
+            raise ConfigError(f"no such file: {args.file}")
+        return asyncio.run(_ingest(settings, args.file, args.batch_size))
     return 0
 
 
@@ -107,7 +123,10 @@ async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, Mem
 
 async def _run(settings: WorkerSettings, *, burst: bool) -> None:
     async with _opened(settings) as (embedder, store):
-        await store.connect()
+        if isinstance(store, SQLiteStore):  # a bad file does not mend itself: no waiting
+            await store.connect()
+        else:
+            await wait_for_store(store.connect, settings.store_url, settings.connect_wait_s)
         log.info("store ready", **store.describe())
         await Worker(settings, embedder, store).run(handle_signals=True, burst=burst)
 

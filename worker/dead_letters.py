@@ -129,3 +129,15 @@ def summarise(letters: list[DeadLetter]) -> str:
 
 def as_json(letter: DeadLetter) -> str:
     return json.dumps(letter.__dict__, ensure_ascii=False)
+
+
+def as_table(letters: list[DeadLetter]) -> str:
+    """For people: one aligned row a dead letter, the preview cut to fit a terminal."""
+    rows = [("REQUEST ID", "USER", "REASON", "QUEUE", "BYTES", "PREVIEW")]
+    rows += [(d.request_id[:36], d.user_id[:16], d.reason, d.queue, str(d.body_bytes),
+              d.preview[:40].replace("\n", " ")) for d in letters]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + row[5]
+        for row in rows
+    )

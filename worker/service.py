@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from schemas.connect import connect_waiting
 from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery, Settle
 from worker.embed import Embedder
@@ -140,9 +142,14 @@ class Worker:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-        connection = await aio_pika.connect_robust(
+        connection = await connect_waiting(
+            partial(
+                aio_pika.connect_robust,
+                self.settings.amqp_url,
+                client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
+            ),
             self.settings.amqp_url,
-            client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
+            self.settings.connect_wait_s,
         )
         self._start_health_server(connection)
         try:

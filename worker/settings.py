@@ -172,12 +172,6 @@ class WorkerSettings(BrokerSettings):
         description="/metrics, /healthz, /readyz; 0 = any free port, -1 = off.",
     )
     worker_id: str = Field(default_factory=_default_worker_id, description="Shown in replies.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Lowest log level written."
-    )
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto = console on a terminal, JSON otherwise."
-    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="auto = uvloop where it is installed, else asyncio."
     )

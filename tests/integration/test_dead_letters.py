@@ -76,7 +76,7 @@ async def check_list_requeue_purge(settings: WorkerSettings, replies: AbstractQu
     assert reasons == {"late": "expired", "bad": "rejected"}
     assert {letter.queue for letter in letters} == {settings.topology.requests.name}
     assert len(await dead_letters_once(settings, 2)) == 2  # listing gave them back
-    listed = await run_cli(settings, "list")
+    listed = await run_cli(settings, "list", "--json")
     assert sorted(json.loads(line)["request_id"] for line in listed) == ["bad", "late"]
 
     assert await dead_letters.requeue(settings, 100, request_id="late") == 1

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 import structlog
 
+from worker.errors import ConfigError
 from worker.vectors import Vectors
 
 log = structlog.get_logger(__name__)
@@ -86,8 +87,27 @@ def resolved(spec: EncoderSpec) -> EncoderSpec:
 
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
-    """The backend the spec asks for, ready to encode (exporting to ONNX first if needed)."""
+    """The backend the spec asks for, ready to encode (exporting to ONNX first if needed);
+    ConfigError naming RECALLQ_EMBED_MODEL when the model cannot be found."""
     name = spec.model or bundled_model_path()
+    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise ConfigError(
+            f"no model directory at {name}: check RECALLQ_EMBED_MODEL (a sentence-transformers "
+            "model directory, a hub name in the local cache, or empty for the bundled model)"
+        )
+    try:
+        return _load(spec, os.path.expanduser(name))
+    except (OSError, ValueError) as exc:
+        if spec.model and not os.path.isdir(os.path.expanduser(name)):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"cannot load model {name!r} ({first}): check RECALLQ_EMBED_MODEL (a local "
+                "directory, or a hub name already in the local cache)"
+            ) from None
+        raise
+
+
+def _load(spec: EncoderSpec, name: str) -> Encoder:
     device = pick_device(spec.device)
     backend = pick_backend(spec, device)
     if backend == "torch":

@@ -1,0 +1,5 @@
+import sys
+
+from recallq.cli import main
+
+sys.exit(main())
