@@ -104,3 +104,48 @@ async def test_a_worker_started_before_its_broker_waits_and_then_serves(
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
         await asyncio.wait_for(worker.wait(), timeout=120)
+
+
+async def run_worker(env: dict[str, str]) -> tuple[int | None, str]:
+    process = await asyncio.create_subprocess_exec(
+        RECALLQ, "worker", "run", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=180)
+    return process.returncode, err.decode()
+
+
+def the_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+async def test_an_unreachable_store_is_one_line_naming_its_setting(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    env = {**environment(tmp_path, amqp_url, 1.0),
+           "RECALLQ_STORE_URL": f"mongodb://reader:secret@127.0.0.1:{free_port()}/",
+           "RECALLQ_MONGO_SERVER_SELECTION_TIMEOUT_MS": "300"}  # fmt: skip
+    status, err = await run_worker(env)
+    assert status == 2
+    line = the_line(err)
+    assert line.startswith("recallq worker run: store mongodb://reader:***@127.0.0.1:")
+    assert line.endswith("check RECALLQ_STORE_URL") and "secret" not in err
+    assert "Topology Description" not in line  # the driver's reason, not its dump
+    assert '"event": "store not reachable yet; retrying"' in err
+
+
+async def test_a_busy_metrics_port_is_one_line_naming_its_setting(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**environment(tmp_path, amqp_url, 1.0), "RECALLQ_METRICS_PORT": str(port)}
+        status, err = await run_worker(env)
+    assert status == 2
+    line = the_line(err)
+    assert line.startswith(f"recallq worker run: cannot serve metrics on port {port}")
+    assert "RECALLQ_METRICS_PORT" in line

@@ -21,7 +21,8 @@ async def test_a_worker_started_on_a_corrupt_file_exits_with_one_clear_line(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(worker.communicate(), timeout=120)
-    assert worker.returncode == 1
+    assert worker.returncode == 2
     text = (out + err).decode()
-    assert f"run failed: sqlite {bad}: file is not a database" in text
+    assert f"worker run: store sqlite:///{bad}: sqlite {bad}: file is not a database; " in text
+    assert "check RECALLQ_STORE_URL" in text
     assert "Traceback" not in text

@@ -197,7 +197,7 @@ class MongoStore:
                     ) from None
                 raise StoreUnavailable(f"mongodb: {exc.code} {exc.details}") from None
             except PyMongoError as exc:
-                raise StoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from None
+                raise StoreUnavailable(f"mongodb: {type(exc).__name__}: {_short(exc)}") from None
 
     async def _check_dimensions(self) -> None:
         """Refuse data the model cannot search: a sample of each mapped collection's
@@ -263,6 +263,14 @@ class MongoStore:
             log.info("waiting for vector indexes", reason=missing)
             await asyncio.sleep(2.0)
         log.info("vector indexes queryable")
+
+
+def _short(exc: PyMongoError) -> str:
+    """The driver's reason without its topology dump (one line for logs and people)."""
+    text = str(exc)
+    for tail in (", Timeout: ", " (configured timeouts"):
+        text = text.split(tail)[0]
+    return text
 
 
 class _NoVectorSearch(StoreUnavailable):
