@@ -38,6 +38,7 @@ class LocalNode:
     name: str  # Erlang short name; the node is name@localhost
     port: int
     base: Path
+    prometheus_port: int = 0  # > 0: the rabbitmq_prometheus plugin, serving on this port
 
     @property
     def node(self) -> str:
@@ -51,8 +52,16 @@ class LocalNode:
         """Start the node in the background and wait until it accepts clients."""
         self.base.mkdir(parents=True, exist_ok=True)
         config = self.base / "rabbitmq.conf"
-        config.write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
-        for path in (self.base, config):
+        lines = [f"listeners.tcp.default = 127.0.0.1:{self.port}"]
+        plugins = self.base / "enabled_plugins"
+        plugins.write_text("[rabbitmq_prometheus].\n" if self.prometheus_port else "[].\n")
+        if self.prometheus_port:
+            lines += [
+                "prometheus.tcp.ip = 127.0.0.1",
+                f"prometheus.tcp.port = {self.prometheus_port}",
+            ]
+        config.write_text("\n".join(lines) + "\n")
+        for path in (self.base, config, plugins):
             shutil.chown(path, "rabbitmq", "rabbitmq")
         env = {
             **os.environ,
@@ -115,14 +124,19 @@ class LocalNode:
 
 @contextmanager
 def local_nodes(
-    count: int, first_port: int = 5681, *, start: bool = True
+    count: int, first_port: int = 5681, *, start: bool = True, prometheus: bool = False
 ) -> Iterator[list[LocalNode]]:
     """`count` nodes, clustered when more than one (`start=False`: set up, left for the
-    caller to start); stopped and deleted afterwards."""
+    caller to start; `prometheus`: the plugin on port + 10,000); stopped and deleted
+    afterwards."""
     base = Path(tempfile.mkdtemp(prefix="recallq-rabbit-"))
     shutil.chown(base, "rabbitmq", "rabbitmq")
     tag = uuid.uuid4().hex[:6]
-    nodes = [LocalNode(f"recallq-{tag}-{i}", first_port + i, base / str(i)) for i in range(count)]
+    nodes = [
+        LocalNode(f"recallq-{tag}-{i}", first_port + i, base / str(i),
+                  first_port + i + 10_000 if prometheus else 0)
+        for i in range(count)
+    ]  # fmt: skip
     try:
         for node in nodes if start else ():
             node.start()
