@@ -19,6 +19,7 @@ WORKDIR /app
 # would pull gigabytes of CUDA wheels into the CPU image.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
+COPY recallq ./recallq
 COPY schemas ./schemas
 COPY producer ./producer
 COPY worker ./worker
@@ -36,5 +37,6 @@ RUN python -m worker export
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/readyz', timeout=4)"
-ENTRYPOINT ["python", "-m"]
+# `recallq worker run`, `recallq worker init`, `recallq ask ...`: the installed command.
+ENTRYPOINT ["recallq"]
 CMD ["worker", "run"]

@@ -30,6 +30,7 @@ def test_compose_has_every_service_and_two_worker_replicas() -> None:
     services = compose()["services"]
     assert set(services) == {
         "broker-definitions", "rabbitmq", "mongodb", "init", "worker", "worker-gpu", "prometheus",
+        "grafana",
     }  # fmt: skip
     assert services["worker"]["deploy"]["replicas"] == 2
     assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
@@ -61,7 +62,7 @@ def test_the_broker_boots_with_the_least_privilege_definitions_workers_use() -> 
     assert rabbitmq["depends_on"]["broker-definitions"]["condition"] == (
         "service_completed_successfully"
     )
-    [conf] = [v for v in rabbitmq["volumes"] if v.startswith("./deploy/rabbitmq/")]
+    [conf] = [v for v in rabbitmq["volumes"] if v.startswith("./deploy/rabbitmq/20-recallq")]
     loaded = (ROOT / conf.split(":")[0]).read_text()
     assert "load_definitions = /etc/rabbitmq/definitions/definitions.json" in loaded
     assert "rabbitmq-definitions:/etc/rabbitmq/definitions:ro" in rabbitmq["volumes"]
@@ -81,7 +82,7 @@ def test_the_gpu_profile_reserves_an_nvidia_device() -> None:
 def test_prometheus_scrapes_the_port_workers_serve() -> None:
     port = WorkerSettings.model_fields["metrics_port"].default
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    [job] = config["scrape_configs"]
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "recallq-worker"]
     assert job["dns_sd_configs"][0]["port"] == port
     assert "worker" in job["dns_sd_configs"][0]["names"]
     assert f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text()
@@ -143,3 +144,27 @@ def test_docker_compose_config_validates(profile: list[str]) -> None:
         cwd=ROOT,
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_image_runs_the_installed_recallq_command() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["recallq"]' in dockerfile
+    for package in ("recallq", "schemas", "producer", "worker"):  # what `pip install .` needs
+        assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_rabbitmq_exports_queue_metrics() -> None:
+    services = compose()["services"]
+    volumes = services["grafana"]["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in volumes
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in volumes
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert datasource["uid"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text()
+    assert "rabbitmq_prometheus" in plugins
+    assert (
+        "./deploy/rabbitmq/enabled_plugins:/etc/rabbitmq/enabled_plugins:ro"
+        in (services["rabbitmq"]["volumes"])
+    )
