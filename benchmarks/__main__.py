@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bulk_interactive, chaos, harness, overload
+from benchmarks import bulk_interactive, chaos, dashboard, harness, overload
 from benchmarks.common import RESULTS
 
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     burst.add_argument("--quick", action="store_true", help="a small smoke run")
     bulk = commands.add_parser("bulk-interactive", help="RPC latency while a bulk job runs")
     bulk.add_argument("--quick", action="store_true", help="a small run (about a minute)")
+    commands.add_parser(
+        "dashboard", help="the Grafana dashboard's queries on a live 2-worker fleet, drawn"
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         harness.main(quick=args.quick, results_dir=args.results)
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         bulk_interactive.main(quick=args.quick)
     elif args.command == "overload":
         overload.main(args.factor, args.rate, quick=args.quick)
+    elif args.command == "dashboard":
+        return dashboard.main()
     elif args.command == "chaos":
         return chaos.main(args.requests, args.kills, args.cluster)
     return 0

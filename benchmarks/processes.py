@@ -15,10 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class WorkerProcess:
-    def __init__(self, settings: WorkerSettings, db: Path, log: Path) -> None:
+    def __init__(
+        self, settings: WorkerSettings, db: Path, log: Path, metrics_port: int = 0
+    ) -> None:
         self.settings = settings
         self.db = db
         self.log = log
+        self.metrics_port = metrics_port  # 0: any free port (several workers on one host)
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -30,7 +33,7 @@ class WorkerProcess:
             "RECALLQ_MAX_QUEUED": str(self.settings.max_queued),
             "RECALLQ_STORE_URL": f"sqlite:///{self.db}",
             "RECALLQ_LOG_FORMAT": "json",
-            "RECALLQ_METRICS_PORT": "0",  # several workers on one host: any free port
+            "RECALLQ_METRICS_PORT": str(self.metrics_port),
         }
         with self.log.open("a") as log:
             self.process = await asyncio.create_subprocess_exec(
