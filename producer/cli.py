@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from producer.bulk import BulkJob, BulkSummary
 from producer.client import RetrievalClient, RetrievalError, RetrievalTimeout
-from schemas.connect import StartupError, explain
+from schemas.connect import StartupError, exit_in_one_line, explain
 from schemas.logs import configure_logging
 from schemas.messages import MemoryType, RetrievalResponse
-from schemas.settings import BrokerSettings
+from schemas.settings import BrokerSettings, settings_error_line
 
 DEFAULT_LIMITS = {
     MemoryType.CONVERSATION.value: 3,
@@ -49,13 +49,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m producer") -> int
     """Exit 0 on an ok answer; 1 on an error answer or an unfinished job; 2 with one
     line on stderr when the request could not be made (a traceback only with --debug)."""
     args = build_parser(prog).parse_args(argv)
+    where = f"{prog} {args.command}"
     try:
         settings = BrokerSettings()
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = "RECALLQ_" + "_".join(map(str, error["loc"])).upper()
-        print(f"{prog} {args.command}: invalid setting {name}: {error['msg']}", file=sys.stderr)
-        return 2
+        return exit_in_one_line(exc, settings_error_line(exc), where, args.debug)
     configure_logging(settings.log_level, settings.log_format)  # on stderr: stdout is output
     try:
         if args.command == "bulk":
@@ -67,10 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m producer") -> int
         return asyncio.run(_ask(args, limits, filters, settings))
     except Exception as exc:
         line = str(exc) if isinstance(exc, StartupError) else explain(exc, settings.amqp_url)
-        if line is None or args.debug:
-            raise
-        print(f"{prog} {args.command}: {line}", file=sys.stderr)
-        return 2
+        return exit_in_one_line(exc, line, where, args.debug)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,15 @@ MAX_DELAY_S = 5.0
 
 class StartupError(Exception):
     """What a person must fix, in one line: what failed and the setting to check."""
+
+
+def exit_in_one_line(exc: Exception, line: str | None, where: str, debug: bool) -> int:
+    """Exit status 2 with `line` on stderr, for a CLI; the traceback instead for a bug
+    (no line) or with --debug."""
+    if line is None or debug:
+        raise exc
+    print(f"{where}: {line}", file=sys.stderr)
+    return 2
 
 
 def masked(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topology import (
@@ -106,3 +106,10 @@ class BrokerSettings(BaseSettings):
             self.broker_topology,
             self.amqp_user,
         )
+
+
+def settings_error_line(exc: ValidationError) -> str:
+    """The first invalid setting, named as its environment variable."""
+    error = exc.errors()[0]
+    name = "RECALLQ_" + "_".join(str(part) for part in error["loc"]).upper()
+    return f"invalid setting {name}: {error['msg']}"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from schemas.connect import exit_in_one_line
 from schemas.logs import configure_logging
 from worker.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
 from worker.embed import Embedder
@@ -42,11 +43,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m worker") -> int:
         return _dispatch(args, settings)
     except Exception as exc:
         urls = (settings.amqp_url, settings.store_url) if settings else ("", "")
-        line = failure_line(exc, *urls)
-        if line is None or args.debug:
-            raise
-        print(f"{prog} {args.command}: {line}", file=sys.stderr)
-        return 2
+        return exit_in_one_line(exc, failure_line(exc, *urls), f"{prog} {args.command}", args.debug)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from schemas.connect import StartupError, explain, masked
+from schemas.settings import settings_error_line
 from worker.errors import ConfigError, RecallqError, StoreMismatch, StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -47,12 +48,5 @@ def failure_line(exc: BaseException, amqp_url: str, store_url: str) -> str | Non
     if isinstance(exc, RecallqError):
         return str(exc)
     if isinstance(exc, ValidationError):
-        return settings_line(exc)
+        return settings_error_line(exc)
     return explain(exc, amqp_url)
-
-
-def settings_line(exc: ValidationError) -> str:
-    """The first invalid setting, named as its environment variable."""
-    error = exc.errors()[0]
-    name = "RECALLQ_" + "_".join(str(part) for part in error["loc"]).upper()
-    return f"invalid setting {name}: {error['msg']}"

@@ -7,7 +7,7 @@ collection the memorizz profile maps."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -171,14 +171,28 @@ def oracle(uri: str, database: str, collection: str, scope: dict[str, str], quer
     return [(str(rows[i]["_id"]), float(cosines[i])) for i in order]
 
 
-async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
+@pytest.fixture
+async def memorizz_store(
     settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, embedder: Embedder
-) -> None:
+) -> AsyncIterator[tuple[WorkerSettings, MongoStore]]:
+    """A memorizz-profile store on memorizz's database, on this test's queues."""
     mongo = mongo_settings(secantus.uri, store_profile="memorizz")
     mongo = mongo.model_copy(update={"mongo_database": memorizz_db,
         "amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix})  # fmt: skip
     store = MongoStore(mongo, embedder.dimensions)
     await store.connect()
+    yield mongo, store
+    await store.close()
+
+
+async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
+    settings: WorkerSettings,
+    secantus: RestartableSecantus,
+    memorizz_db: str,
+    embedder: Embedder,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+) -> None:
+    mongo, store = memorizz_store
     question = "where does my family live, and which seat do I like?"
     limits = {"conversation_memory": 2, "entity_memory": 1}
     async with (
@@ -191,7 +205,6 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
             )
             for user in TURNS
         }
-    await store.close()
     query = embedder.encode([question])[0]
     for user, reply in replies.items():
         assert reply.status == "ok", reply.error
@@ -218,13 +231,13 @@ OWNED_ELSEWHERE = [
 
 
 async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_field(
-    settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, embedder: Embedder
+    settings: WorkerSettings,
+    secantus: RestartableSecantus,
+    memorizz_db: str,
+    embedder: Embedder,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
 ) -> None:
-    mongo = mongo_settings(secantus.uri, store_profile="memorizz")
-    mongo = mongo.model_copy(update={"mongo_database": memorizz_db,
-        "amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix})  # fmt: skip
-    store = MongoStore(mongo, embedder.dimensions)
-    await store.connect()
+    mongo, store = memorizz_store
     question = "what do I know about the river, the bridge and my trip?"
     asks = [*OWNED_ELSEWHERE, *((KNOWLEDGE[user], {"knowledge_base": 3}, "knowledge_base_id")
                                 for user in TURNS),
@@ -237,7 +250,6 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
                    for owner, limits, _ in asks]  # fmt: skip
         mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
                                                            "summaries": 1})  # fmt: skip
-    await store.close()
     query = embedder.encode([question])[0]
     for (owner, limits, field), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
