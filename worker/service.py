@@ -151,9 +151,9 @@ class Worker:
             self.settings.amqp_url,
             self.settings.connect_wait_s,
         )
-        self._start_health_server(connection)
         try:
-            async with connection:
+            async with connection:  # closed on the way out, whatever fails (a busy port too)
+                self._start_health_server(connection)
                 consumer = await self._start_consuming(connection)
                 self.ready.set()
                 helpers = [self._close_batcher_on(stop), self.unsettled.watch()]
