@@ -89,7 +89,7 @@ async def run_bulk_job(settings: BrokerSettings, questions: list[dict[str, str]]
     output = DEMO_DIR / "bulk-results.jsonl"
     output.unlink(missing_ok=True)
     print(f"== 5. a bulk job: {job_input.relative_to(ROOT)} -> {output.relative_to(ROOT)}")
-    print("   (the same as: python -m producer bulk INPUT --output RESULTS)", flush=True)
+    print("   (the same as: recallq bulk INPUT --output RESULTS)", flush=True)
     summary = await BulkJob(job_input, output, settings, job_id="demo").run()
     print(render_summary(summary), flush=True)
 
