@@ -22,7 +22,7 @@ from typing import IO
 
 import aio_pika
 import structlog
-from aio_pika import DeliveryMode, Message
+from aio_pika import Message
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -33,13 +33,10 @@ from aio_pika.exceptions import DeliveryError
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from producer.client import PUBLISH_ERRORS
+from producer.client import PUBLISH_ERRORS, request_message
 from producer.jobfiles import Plan, read_plan, write_bad_lines, written_request_ids
 from schemas.connect import connect_waiting
 from schemas.messages import (
-    CONTENT_TYPE,
-    SCHEMA_HEADER,
-    SCHEMA_VERSION,
     RetrievalRequest,
     RetrievalResponse,
 )
@@ -169,15 +166,7 @@ class BulkJob:
             await collector.window.acquire()
             if request.request_id not in collector.awaited:
                 continue  # its result from an earlier run arrived meanwhile
-            message = Message(
-                request.model_dump_json(exclude_none=True).encode(),
-                content_type=CONTENT_TYPE,
-                correlation_id=request.request_id,
-                reply_to=results.name,
-                user_id=self.settings.amqp_user,
-                headers={SCHEMA_HEADER: SCHEMA_VERSION},
-                delivery_mode=DeliveryMode.PERSISTENT,
-            )
+            message = request_message(request, results.name, self.settings.amqp_user)
             await publish_until_accepted(exchange, message, bulk_queue)
 
 

@@ -90,6 +90,30 @@ class Query:
     filters: Mapping[str, str] | None = None
 
 
+def request_message(
+    request: RetrievalRequest,
+    reply_to: str,
+    user_id: str,
+    *,
+    expiration: float | None = None,
+    traceparent: str | None = None,
+) -> Message:
+    """A request as the wire contract frames it (RPC calls and bulk jobs alike): JSON,
+    correlation_id = request_id, the schema header, persistent, the sender's login as
+    user_id (the broker checks it)."""
+    return Message(
+        request.model_dump_json(exclude_none=True).encode(),
+        content_type=CONTENT_TYPE,
+        correlation_id=request.request_id,
+        reply_to=reply_to,
+        user_id=user_id,
+        headers={SCHEMA_HEADER: SCHEMA_VERSION}
+        | ({"traceparent": traceparent} if traceparent else {}),
+        delivery_mode=DeliveryMode.PERSISTENT,
+        expiration=expiration,
+    )
+
+
 class RetrievalClient:
     def __init__(
         self,
@@ -192,19 +216,10 @@ class RetrievalClient:
     def _message(
         self, request: RetrievalRequest, timeout: float, traceparent: str | None
     ) -> Message:
-        return Message(
-            request.model_dump_json(exclude_none=True).encode(),
-            content_type=CONTENT_TYPE,
-            correlation_id=request.request_id,
-            reply_to=self.reply_queue_name,
-            user_id=self.settings.amqp_user,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION}
-            | ({"traceparent": traceparent} if traceparent else {}),
-            delivery_mode=DeliveryMode.PERSISTENT,
-            # The broker drops the request once its caller has given up: it never
-            # reaches the model (quorum queues honour per-message TTL from 3.10).
-            expiration=max(timeout, 0.001),
-        )
+        # The broker drops the request once its caller has given up: it never reaches
+        # the model (quorum queues honour per-message TTL from 3.10).
+        return request_message(request, self.reply_queue_name, self.settings.amqp_user,
+                               expiration=max(timeout, 0.001), traceparent=traceparent)  # fmt: skip
 
     def _forget(self, request_id: str, future: asyncio.Future[RetrievalResponse]) -> None:
         if self._pending.get(request_id) is future:
