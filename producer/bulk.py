@@ -16,11 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import IO
 
-import aio_pika
 import structlog
 from aio_pika import Message
 from aio_pika.abc import (
@@ -110,13 +108,7 @@ class BulkJob:
     async def _run(self, plan: Plan, todo: list[RetrievalRequest], summary: BulkSummary) -> None:
         topology = self.settings.topology
         connection = await connect_waiting(
-            partial(
-                aio_pika.connect_robust,
-                self.settings.amqp_url,
-                client_properties={"connection_name": f"recallq-bulk {self.job_id}"},
-            ),
-            self.settings.amqp_url,
-            self.settings.connect_wait_s,
+            self.settings.amqp_url, self.settings.connect_wait_s, f"recallq-bulk {self.job_id}"
         )
         async with connection:
             channel = await connection.channel(on_return_raises=True)

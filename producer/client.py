@@ -13,10 +13,8 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 
-import aio_pika
 import aiormq
 import structlog
 from aio_pika import DeliveryMode, Message
@@ -151,13 +149,7 @@ class RetrievalClient:
 
     async def connect(self) -> None:
         connection = await connect_waiting(
-            partial(
-                aio_pika.connect_robust,
-                self.settings.amqp_url,
-                client_properties={"connection_name": f"recallq-client {self.client_id}"},
-            ),
-            self.settings.amqp_url,
-            self.settings.connect_wait_s,
+            self.settings.amqp_url, self.settings.connect_wait_s, f"recallq-client {self.client_id}"
         )
         self._connection = connection
         self._channel = await connection.channel(on_return_raises=True)

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import aio_pika
 import structlog
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPConnectionError, AuthenticationError, InvalidFrameError
 from aiormq.exceptions import ProbableAuthenticationError as _AuthRefused
 
@@ -83,34 +85,56 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, AMQPConnectionError | ConnectionError | TimeoutError | OSError)
 
 
-async def connect_waiting(connect: Callable[[], Awaitable[T]], url: str, wait_s: float) -> T:
-    """`connect()`, retried while the broker is unreachable for up to `wait_s` seconds
-    (backoff 0.5 s doubling to 5 s); StartupError saying what to check when it gives up."""
+async def retry_while(
+    call: Callable[[], Awaitable[T]],
+    retryable: Callable[[Exception], bool],
+    wait_s: float,
+    what: str,
+    url: str,
+) -> T:
+    """`call()`, again after a backoff (0.5 s doubling to 5 s) while it raises what
+    `retryable` accepts, for up to `wait_s` seconds, each retry logged as `{what} not
+    reachable yet`; then the last error propagates. Used for the broker and the store."""
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:
         try:
-            with _quiet_transport_errors():
-                return await connect()
+            return await call()
         except Exception as exc:
-            message = explain(exc, url)
-            if message is None:
-                raise
             left = deadline - time.monotonic()
-            if not unreachable(exc):
-                raise StartupError(message) from exc
-            if left <= 0:
-                raise StartupError(
-                    f"{message} (waited {wait_s:g} s: RECALLQ_CONNECT_WAIT_S)"
-                ) from exc
+            if not retryable(exc) or left <= 0:
+                raise
             log.warning(
-                "broker not reachable yet; retrying",
+                f"{what} not reachable yet; retrying",
                 url=masked(url),
                 retry_in_s=round(min(delay, left), 1),
                 error=str(exc.args[-1] if exc.args else exc),
             )
             await asyncio.sleep(min(delay, left))
             delay = min(2 * delay, MAX_DELAY_S)
+
+
+async def connect_waiting(
+    url: str, wait_s: float, connection_name: str
+) -> AbstractRobustConnection:
+    """A robust connection, waiting up to `wait_s` seconds for an unreachable broker;
+    StartupError saying what to check when it cannot be had."""
+
+    async def connect() -> AbstractRobustConnection:
+        with _quiet_transport_errors():
+            return await aio_pika.connect_robust(
+                url, client_properties={"connection_name": connection_name}
+            )
+
+    try:
+        return await retry_while(connect, unreachable, wait_s, "broker", url)
+    except Exception as exc:
+        message = explain(exc, url)
+        if message is None:
+            raise
+        if unreachable(exc):  # it was retried until the wait ran out
+            message += f" (waited {wait_s:g} s: RECALLQ_CONNECT_WAIT_S)"
+        raise StartupError(message) from exc
 
 
 @contextmanager

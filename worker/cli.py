@@ -15,16 +15,16 @@ from typing import Any, TypeVar
 
 import structlog
 
-from schemas.connect import exit_in_one_line
+from schemas.connect import exit_in_one_line, retry_while
 from schemas.logs import configure_logging
 from worker.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
 from worker.embed import Embedder
 from worker.encoders import load_encoder, resolved
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreUnavailable
 from worker.ingest import ingest_file
 from worker.service import Worker
 from worker.settings import WorkerSettings
-from worker.startup import failure_line, wait_for_store
+from worker.startup import failure_line
 from worker.store import MemoryStore, SQLiteStore, open_store
 from worker.threads import name_main_thread
 
@@ -118,12 +118,19 @@ async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, Mem
         embedder.close()
 
 
+def _unavailable(exc: Exception) -> bool:
+    """A store error worth waiting out at start (MongoDB still starting or away)."""
+    return isinstance(exc, StoreUnavailable)
+
+
 async def _run(settings: WorkerSettings, *, burst: bool) -> None:
     async with _opened(settings) as (embedder, store):
         if isinstance(store, SQLiteStore):  # a bad file does not mend itself: no waiting
             await store.connect()
         else:
-            await wait_for_store(store.connect, settings.store_url, settings.connect_wait_s)
+            await retry_while(
+                store.connect, _unavailable, settings.connect_wait_s, "store", settings.store_url
+            )
         log.info("store ready", **store.describe())
         await Worker(settings, embedder, store).run(handle_signals=True, burst=burst)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from schemas.messages import MemoryHit, RetrievalRequest
-from worker.profiles import Profile
+from worker.profiles import MEMORY_ID, Profile
 from worker.rank import rank
 from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
 
@@ -39,7 +39,7 @@ def build_groups(
         scope = tuple(sorted((request.filters or {}).items()))
         for memory_type in request.limits:
             collection = profile.collection(memory_type) if profile else memory_type
-            owner = profile.owner(memory_type) if profile else "memory_id"
+            owner = profile.owner(memory_type) if profile else MEMORY_ID
             key = (collection, owner, request.memory_id, scope)
             members[key].append((index, memory_type))
     groups = []

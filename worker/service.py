@@ -14,11 +14,9 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
@@ -143,13 +141,9 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         connection = await connect_waiting(
-            partial(
-                aio_pika.connect_robust,
-                self.settings.amqp_url,
-                client_properties={"connection_name": f"recallq-worker {self.settings.worker_id}"},
-            ),
             self.settings.amqp_url,
             self.settings.connect_wait_s,
+            f"recallq-worker {self.settings.worker_id}",
         )
         try:
             async with connection:  # closed on the way out, whatever fails (a busy port too)

@@ -85,12 +85,13 @@ class TenantPolicy(BaseModel):
         if not user_id:
             raise Forbidden("the message has no user_id: the tenant policy needs an identity")
         rules = self.users.get(user_id)
-        globs = rules.owner_globs(owner_field) if rules else ()
-        if not any(fnmatchcase(memory_id, glob) for glob in globs):
+        if rules is None or not any(
+            fnmatchcase(memory_id, glob) for glob in rules.owner_globs(owner_field)
+        ):
             what = "memory_id" if owner_field == MEMORY_ID else f"{owner_field} (as memory_id)"
             raise Forbidden(f"user {user_id!r} may not read {what} {memory_id!r}")
         scope = {**(filters or {}), owner_field: memory_id}
-        for field, globs in rules.filters.items() if rules else ():
+        for field, globs in rules.filters.items():
             value = scope.get(field)
             if value is None or not any(fnmatchcase(value, glob) for glob in globs):
                 raise Forbidden(f"user {user_id!r} must filter {field!r} on its own scope")

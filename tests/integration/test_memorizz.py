@@ -16,7 +16,7 @@ import pytest
 from pymongo import MongoClient
 
 from producer.client import RetrievalClient
-from schemas.messages import RankWeights
+from schemas.messages import MemoryHit, RankWeights
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
 from worker.embed import Embedder
@@ -171,6 +171,14 @@ def oracle(uri: str, database: str, collection: str, scope: dict[str, str], quer
     return [(str(rows[i]["_id"]), float(cosines[i])) for i in order]
 
 
+def assert_oracle_hits(hits: list[MemoryHit], expected: list[tuple[str, float]]) -> None:
+    """The oracle's ids in its order, its cosines within float32 rounding, each with text."""
+    assert [hit.id for hit in hits] == [row_id for row_id, _ in expected]
+    for hit, (_, cosine) in zip(hits, expected, strict=True):
+        assert hit.score == pytest.approx(cosine, abs=1e-5)
+        assert hit.content
+
+
 @pytest.fixture
 async def memorizz_store(
     settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, embedder: Embedder
@@ -212,10 +220,8 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
             scope = {"memory_id": "shared", "user_id": user}
             expected = oracle(secantus.uri, memorizz_db, collection, scope, query, k)
             hits = reply.results[collection]
-            assert [hit.id for hit in hits] == [row_id for row_id, _ in expected]
-            for hit, (_, cosine) in zip(hits, expected, strict=True):
-                assert hit.score == pytest.approx(cosine, abs=1e-5)
-                assert hit.content and hit.timestamp is not None
+            assert_oracle_hits(hits, expected)
+            assert all(hit.timestamp is not None for hit in hits)
         entity = reply.results["entity_memory"][0]
         assert any(f"{name} ({kind}): note: {note}" == entity.content
                    for name, kind, note in ENTITIES[user])  # fmt: skip
@@ -250,16 +256,12 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
                    for owner, limits, _ in asks]  # fmt: skip
         mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
                                                            "summaries": 1})  # fmt: skip
-    query = embedder.encode([question])[0]
+    query, profile = embedder.encode([question])[0], load_profile("memorizz")
     for (owner, limits, field), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
         for memory_type, k in limits.items():
-            collection = load_profile("memorizz").collection(memory_type)
+            collection = profile.collection(memory_type)
             expected = oracle(secantus.uri, memorizz_db, collection, {field: owner}, query, k)
-            hits = reply.results[memory_type]
-            assert [hit.id for hit in hits] == [row_id for row_id, _ in expected], memory_type
-            for hit, (_, cosine) in zip(hits, expected, strict=True):
-                assert hit.score == pytest.approx(cosine, abs=1e-5)
-                assert hit.content
+            assert_oracle_hits(reply.results[memory_type], expected)
     assert mixed.status == "error" and mixed.error is not None
     assert mixed.error.code == "invalid_request" and "one request per owner" in mixed.error.message

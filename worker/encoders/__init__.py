@@ -90,15 +90,17 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     """The backend the spec asks for, ready to encode (exporting to ONNX first if needed);
     ConfigError naming RECALLQ_EMBED_MODEL when the model cannot be found."""
     name = spec.model or bundled_model_path()
-    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+    path = os.path.expanduser(name)
+    is_dir = os.path.isdir(path)
+    if name.startswith(("/", "./", "../", "~")) and not is_dir:
         raise ConfigError(
             f"no model directory at {name}: check RECALLQ_EMBED_MODEL (a sentence-transformers "
             "model directory, a hub name in the local cache, or empty for the bundled model)"
         )
     try:
-        return _load(spec, os.path.expanduser(name))
+        return _load(spec, path)
     except (OSError, ValueError) as exc:
-        if spec.model and not os.path.isdir(os.path.expanduser(name)):
+        if spec.model and not is_dir:  # a hub name not in the local cache
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(
                 f"cannot load model {name!r} ({first}): check RECALLQ_EMBED_MODEL (a local "

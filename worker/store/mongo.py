@@ -21,6 +21,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
 from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
+from worker.profiles import MEMORY_ID
 from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
@@ -108,7 +109,7 @@ class MongoStore:
             collection = self._db[name]
             for owner in self._profile.owner_fields(name):
                 keys = [(owner, ASCENDING), ("timestamp", DESCENDING)]
-                index = BTREE_INDEX if owner == "memory_id" else f"{owner}_timestamp"
+                index = BTREE_INDEX if owner == MEMORY_ID else f"{owner}_timestamp"
                 await self._guarded(partial(collection.create_index, keys, name=index))
         if self._settings.mongo_search == "exact":
             return
