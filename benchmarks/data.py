@@ -68,7 +68,7 @@ async def build_store(workload: Workload, directory: Path) -> Path:
     partial = path.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     rng = np.random.default_rng(workload.seed)
-    store = SQLiteStore(partial)
+    store = SQLiteStore(partial, writable=True)
     for tenant in range(workload.tenants):
         memories = [
             Memory(
@@ -86,9 +86,7 @@ async def build_store(workload: Workload, directory: Path) -> Path:
         vectors = rng.standard_normal((len(memories), DIMENSIONS)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         await store.upsert(memories, vectors)
-    await store.close()
-    for suffix in ("-wal", "-shm"):
-        Path(f"{partial}{suffix}").unlink(missing_ok=True)
+    await store.close()  # its write-ahead log emptied: the file can be renamed
     partial.rename(path)
     return path
 

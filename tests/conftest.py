@@ -43,7 +43,7 @@ def demo_questions() -> list[dict[str, str]]:
 async def demo_store(
     tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
 ) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path_factory.mktemp("store") / "demo.db")
+    store = SQLiteStore(tmp_path_factory.mktemp("store") / "demo.db", writable=True)
     report = await ingest_file(DEMO_MEMORIES, store, embedder, progress=False)
     assert report.stored == 270 and not report.bad_lines
     yield store

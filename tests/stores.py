@@ -17,8 +17,15 @@ class WrappedStore:
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         return await self.store.search(groups)
 
+    @property
+    def usable(self) -> bool:
+        return self.store.usable
+
     async def connect(self) -> None:
         await self.store.connect()
+
+    async def check(self) -> None:
+        await self.store.check()
 
     async def ensure_indexes(self) -> None:
         await self.store.ensure_indexes()

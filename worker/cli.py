@@ -22,7 +22,7 @@ from worker.embed import Embedder
 from worker.encoders import load_encoder, resolved
 from worker.errors import ConfigError, StoreUnavailable
 from worker.ingest import ingest_file
-from worker.service import Worker
+from worker.service import Worker, stop_on_signals, unless_stopped
 from worker.settings import WorkerSettings
 from worker.startup import failure_line
 from worker.store import MemoryStore, SQLiteStore, open_store
@@ -101,7 +101,9 @@ def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
 
 
 @asynccontextmanager
-async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, MemoryStore]]:
+async def _opened(
+    settings: WorkerSettings, *, writable: bool = False
+) -> AsyncIterator[tuple[Embedder, MemoryStore]]:
     embedder = await asyncio.to_thread(
         partial(
             Embedder.load,
@@ -110,7 +112,7 @@ async def _opened(settings: WorkerSettings) -> AsyncIterator[tuple[Embedder, Mem
             cache_size=settings.embed_cache_size,
         )
     )
-    store = open_store(settings, embedder.dimensions)
+    store = open_store(settings, embedder.dimensions, writable=writable)
     try:
         yield embedder, store
     finally:
@@ -124,19 +126,25 @@ def _unavailable(exc: Exception) -> bool:
 
 
 async def _run(settings: WorkerSettings, *, burst: bool) -> None:
+    stop = asyncio.Event()
+    stop_on_signals(stop)  # from here on, SIGTERM ends any wait at start
     async with _opened(settings) as (embedder, store):
-        if isinstance(store, SQLiteStore):  # a bad file does not mend itself: no waiting
+        if isinstance(store, SQLiteStore):  # a missing or foreign file: no waiting
             await store.connect()
         else:
-            await retry_while(
+            waiting = retry_while(
                 store.connect, _unavailable, settings.connect_wait_s, "store", settings.store_url
             )
+            await unless_stopped(waiting, stop)
+        if stop.is_set():
+            log.info("stopped before serving")
+            return
         log.info("store ready", **store.describe())
-        await Worker(settings, embedder, store).run(handle_signals=True, burst=burst)
+        await Worker(settings, embedder, store).run(stop, burst=burst)
 
 
 async def _init(settings: WorkerSettings) -> None:
-    async with _opened(settings) as (embedder, store):
+    async with _opened(settings, writable=True) as (embedder, store):
         print(f"embedder ready: {embedder.description}")
         await store.ensure_indexes()
         await store.connect()
@@ -153,7 +161,7 @@ def _export(settings: WorkerSettings) -> None:
 
 
 async def _ingest(settings: WorkerSettings, path: Path, batch_size: int) -> int:
-    async with _opened(settings) as (embedder, store):
+    async with _opened(settings, writable=True) as (embedder, store):
         report = await ingest_file(path, store, embedder, batch_size=batch_size)
     for number, error in report.bad_lines:
         print(f"{path}:{number}: skipped: {error}", file=sys.stderr)

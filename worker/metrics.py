@@ -78,6 +78,12 @@ class Metrics:
         self.returned_replies = Counter(
             "recallq_returned_replies", "Replies the broker could not route.", registry=r
         )
+        self.refused_replies = Counter(
+            "recallq_refused_replies",
+            "Replies the broker refused (nacked, or closed the channel over): the request "
+            "is retried as a crash, then answered internal and dead-lettered.",
+            registry=r,
+        )
         self.rows_without_embedding = Counter(
             "recallq_rows_without_embedding",
             "Rows an exact search skipped: no embedding yet (memorizz back-fills them).",

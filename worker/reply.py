@@ -12,15 +12,21 @@
 
 When a reply cannot be sent:
 
-| what failed                                       | then                                   |
-| ------------------------------------------------- | -------------------------------------- |
-| an answer, on a broker or connection error        | nack + requeue: another try answers it |
-| an answer, anything else (cannot encode, refused) | as Crashed: retried, then given up     |
-| a refusal or an `internal` reply                  | logged; dead-lettered all the same     |
-| cancelled (shutdown past its grace period)        | nack + requeue                         |
+| what failed                                            | then                                   |
+| ------------------------------------------------------ | -------------------------------------- |
+| an answer, the connection or its channel lost under it | nack + requeue: another try answers it |
+| an answer refused by the broker (nacked: the reply     | as Crashed: retried, then given up     |
+| queue refuses publishes; the channel closed over it:   |                                        |
+| too large, not permitted), or anything else            |                                        |
+| an answer returned (no reply queue: its caller left)   | logged, counted; ack                   |
+| a refusal or an `internal` reply                       | logged; dead-lettered all the same     |
+| cancelled (shutdown past its grace period)             | nack + requeue                         |
 
 reject counts toward the delivery limit on RabbitMQ 4.3, nack does not: a
-real failure rejects, "not now" nacks. A request is acked only after its reply
+real failure rejects, "not now" nacks. A reply the broker refused is a real
+failure: nacking it would requeue the request for ever on 4.x (the same
+refusal every time), so it takes the Crashed route, bounded on 3.x and 4.x
+alike by the request's own delivery count. A request is acked only after its reply
 is confirmed, so a worker that dies mid-batch leaves it to be redelivered.
 Whatever raises, each delivery is settled exactly once; if the settle call
 itself fails (its channel closed), the broker requeues the delivery.
@@ -33,11 +39,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-import aiormq
 import structlog
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, PublishError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
 
 from schemas.messages import (
     CONTENT_TYPE,
@@ -56,8 +61,11 @@ from worker.watchdog import Unsettled
 log = structlog.get_logger(__name__)
 MAX_REPLY_BYTES = 4 * 2**20
 
-# A broker or connection failure: the same reply may well go through on another try.
-TRANSIENT_ERRORS = (AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
+# The connection (and with it the channel) failed under the publish: the same reply
+# may well go through on another try. A broker's refusal of this reply (a nack,
+# DeliveryError; a channel closed over it, ChannelClosed) is not in this list.
+TRANSIENT_ERRORS = (ConnectionError, ChannelInvalidStateError)
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
@@ -196,6 +204,9 @@ class Settler:
         if isinstance(exc, TRANSIENT_ERRORS):
             log.warning("reply failed; requeueing", request_id=envelope.request_id, error=repr(exc))
             return Verdict.LATER
+        if isinstance(exc, AMQPError):
+            self._metrics.refused_replies.inc()
+            return await self._reply(envelope, Crashed(f"the broker refused the reply: {exc!r}"))
         return await self._reply(envelope, Crashed(f"reply could not be sent: {exc!r}"))
 
     async def _publish(self, envelope: Envelope, response: RetrievalResponse) -> None:
@@ -216,9 +227,13 @@ class Settler:
             headers={SCHEMA_HEADER: SCHEMA_VERSION, **trace_headers(message)},
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )
+        # RabbitMQ 3.x returns a mandatory message to direct reply-to though it delivers
+        # it: there, a return would say nothing about the caller.
+        reply_to = message.reply_to or ""
+        mandatory = not reply_to.startswith(DIRECT_REPLY_TO)
         try:
             exchange = await self._topology.reply_exchange(self._channel)
-            await exchange.publish(reply, message.reply_to or "", mandatory=True)
+            await exchange.publish(reply, reply_to, mandatory=mandatory)
         except PublishError:
             # The requester and its reply queue are gone; retrying cannot help.
             self._metrics.returned_replies.inc()

@@ -9,13 +9,14 @@ stops by itself once both request queues are empty and nothing is in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -24,7 +25,7 @@ from schemas.connect import connect_waiting
 from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery, Settle
 from worker.embed import Embedder
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreUnavailable
 from worker.metrics import HealthServer, Metrics
 from worker.outcomes import Answered, NotNow, Outcome
 from worker.pipeline import Stages, process_isolated
@@ -39,6 +40,8 @@ from worker.watchdog import Unsettled
 log = structlog.get_logger(__name__)
 
 BURST_CHECK_S = 0.1  # burst mode: how often to look for empty queues
+STORE_CHECK_S = 1.0  # how often an idle worker looks at its store
+T = TypeVar("T")
 
 
 @dataclass
@@ -137,20 +140,28 @@ class Worker:
         `burst`, until the queues are empty), then drain and close."""
         stop = stop or asyncio.Event()
         if handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-        connection = await connect_waiting(
-            self.settings.amqp_url,
-            self.settings.connect_wait_s,
-            f"recallq-worker {self.settings.worker_id}",
+            stop_on_signals(stop)
+        connection = await unless_stopped(
+            connect_waiting(
+                self.settings.amqp_url,
+                self.settings.connect_wait_s,
+                f"recallq-worker {self.settings.worker_id}",
+            ),
+            stop,
         )
+        if connection is None:
+            log.info("stopped while waiting for the broker")
+            return
         try:
             async with connection:  # closed on the way out, whatever fails (a busy port too)
                 self._start_health_server(connection)
                 consumer = await self._start_consuming(connection)
                 self.ready.set()
-                helpers = [self._close_batcher_on(stop), self.unsettled.watch()]
+                helpers = [
+                    self._close_batcher_on(stop),
+                    self.unsettled.watch(),
+                    self._watch_store(),
+                ]
                 if burst:
                     helpers.append(self._stop_when_idle(consumer, stop))
                 running = [asyncio.create_task(helper) for helper in helpers]
@@ -231,14 +242,13 @@ class Worker:
 
     def _start_health_server(self, connection: AbstractRobustConnection) -> None:
         """Ready = consuming, broker connected, model loaded, nothing stuck, and the
-        embedded store's last call worked."""
+        store's last call (or look, every STORE_CHECK_S) worked."""
         if self.settings.metrics_port < 0:
             return
 
         def ready() -> bool:
             connected = connection.connected.is_set()
-            store = self.stages.store
-            usable = store.usable if isinstance(store, SQLiteStore) else True
+            usable = self.stages.store.usable
             return self.ready.is_set() and connected and self.unsettled.late == 0 and usable
 
         try:
@@ -287,6 +297,14 @@ class Worker:
         await consumer.start()
         return consumer
 
+    async def _watch_store(self) -> None:
+        """Look at the store every STORE_CHECK_S, so a file replaced or broken while no
+        request comes turns /readyz 503 (and a good one back 200) without waiting for one."""
+        while True:
+            await asyncio.sleep(STORE_CHECK_S)
+            with contextlib.suppress(StoreUnavailable):  # the store logs what it found
+                await self.stages.store.check()
+
     async def _close_batcher_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping: no new batches")
@@ -310,6 +328,30 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop`: a worker drains, a start-up wait ends."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """`work`'s result; or None, `work` cancelled, if `stop` is set first: a start-up
+    wait (the broker, the store) yields to SIGTERM instead of outliving it."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def _tenant_policy(settings: WorkerSettings) -> TenantPolicy | None:

@@ -142,7 +142,7 @@ async def test_a_full_request_queue_refuses_new_requests_at_once(settings: Worke
 async def test_a_locked_sqlite_file_fails_writes_retryably_and_never_blocks_reads(
     settings: WorkerSettings, embedder: Embedder, tmp_path: Path
 ) -> None:
-    store = SQLiteStore(tmp_path / "locked.db", busy_timeout_s=0.2)
+    store = SQLiteStore(tmp_path / "locked.db", writable=True, busy_timeout_s=0.2)
     memory = Memory("m1", "tenant", MemoryType.LONG_TERM, "likes tea", 1_700_000_000.0)
     await store.upsert([memory], embedder.encode([memory.content]))
     locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)

@@ -41,7 +41,7 @@ def vectors(rng: np.random.Generator, count: int) -> np.ndarray:
 
 @pytest.fixture
 async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = SQLiteStore(tmp_path / "memories.db")
+    store = SQLiteStore(tmp_path / "memories.db", writable=True)
     await store.ensure_indexes()
     yield store
     await store.close()
@@ -79,7 +79,7 @@ async def test_another_connection_s_commit_is_seen(store: SQLiteStore, tmp_path:
     await store.upsert(memories("carol", MemoryType.CONVERSATION, 2), vectors(rng, 2))
     assert len((await store.search([group]))[0][0]) == 2  # now cached
 
-    other = SQLiteStore(tmp_path / "memories.db")  # e.g. an ingest process
+    other = SQLiteStore(tmp_path / "memories.db", writable=True)  # e.g. an ingest process
     await other.upsert(memories("carol", MemoryType.CONVERSATION, 6), vectors(rng, 6))
     await other.close()
     assert len((await store.search([group]))[0][0]) == 6
@@ -111,7 +111,9 @@ async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(11)
-    small = SQLiteStore(tmp_path / "small.db", cache_bytes=2_000)  # about three groups of 5
+    small = SQLiteStore(
+        tmp_path / "small.db", writable=True, cache_bytes=2_000
+    )  # about three groups of 5
     owners = [f"tenant-{i}" for i in range(12)]
     expected: dict[str, list[str]] = {}
     query = vectors(rng, 1)
@@ -132,7 +134,7 @@ async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
 
 async def test_a_group_larger_than_the_whole_bound_is_served_and_not_kept(tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
-    tiny = SQLiteStore(tmp_path / "tiny.db", cache_bytes=100)
+    tiny = SQLiteStore(tmp_path / "tiny.db", writable=True, cache_bytes=100)
     await tiny.upsert(memories("big", MemoryType.LONG_TERM, 20), vectors(rng, 20))
     [[hits]] = await tiny.search([SearchGroup(MemoryType.LONG_TERM, "big", vectors(rng, 1), (4,))])
     assert len(hits) == 4
@@ -148,7 +150,7 @@ async def test_a_file_replaced_under_a_reading_store_is_reopened_and_its_memorie
     rng = np.random.default_rng(21)
 
     async def build(path: Path, content: str) -> None:
-        writer = SQLiteStore(path)
+        writer = SQLiteStore(path, writable=True)
         owned = [replace(m, content=f"{content} {m.id}") for m in memories("alice", LONG, 4)]
         await writer.upsert(owned, vectors(rng, 4))
         await writer.close()
@@ -171,17 +173,32 @@ async def test_a_file_replaced_under_a_reading_store_is_reopened_and_its_memorie
 async def test_a_deleted_file_is_store_unavailable_until_it_is_back(store: SQLiteStore) -> None:
     rng = np.random.default_rng(22)
     await store.upsert(memories("alice", MemoryType.LONG_TERM, 4), vectors(rng, 4))
+    await store.close()
+    reader = SQLiteStore(store.path)
     group = SearchGroup(MemoryType.LONG_TERM, "alice", vectors(rng, 1), (2,))
-    await store.search([group])
+    [[before]] = await reader.search([group])
+    moved = store.path.rename(store.path.with_suffix(".away"))
+    with pytest.raises(StoreUnavailable, match="missing"):
+        await reader.search([group])
+    assert not reader.usable and not store.path.exists()  # the reader created nothing
+    moved.rename(store.path)
+    [[after]] = await reader.search([group])
+    assert reader.usable and [c.memory.id for c in after] == [c.memory.id for c in before]
+    await reader.close()
+
+
+async def test_a_writer_never_follows_its_file_elsewhere(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(24)
+    await store.upsert(memories("alice", MemoryType.LONG_TERM, 4), vectors(rng, 4))
     store.path.unlink()
     with pytest.raises(StoreUnavailable, match="gone"):
-        await store.search([group])
-    assert not store.usable
+        await store.upsert(memories("bob", MemoryType.LONG_TERM, 4), vectors(rng, 4))
+    assert not store.path.exists()
 
 
 async def test_a_corrupt_file_is_store_unavailable_not_a_crash(tmp_path: Path) -> None:
     rng = np.random.default_rng(23)
-    store = SQLiteStore(tmp_path / "c.db")
+    store = SQLiteStore(tmp_path / "c.db", writable=True)
     for owner in ("alice", "bob"):
         await store.upsert(memories(owner, MemoryType.LONG_TERM, 50), vectors(rng, 50))
     await store.close()

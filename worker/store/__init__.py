@@ -22,15 +22,17 @@ __all__ = [
 ]
 
 
-def open_store(settings: WorkerSettings, dimensions: int) -> MemoryStore:
+def open_store(settings: WorkerSettings, dimensions: int, *, writable: bool = False) -> MemoryStore:
     """The store RECALLQ_STORE_URL names: sqlite:///relative/path, sqlite:////absolute/path,
-    mongodb://... or mongodb+srv://...; `dimensions` is the embedder's."""
+    mongodb://... or mongodb+srv://...; `dimensions` is the embedder's. Only ingest and
+    init ask for a `writable` one: a serving worker never writes into its store."""
     scheme = urlparse(settings.store_url).scheme
     if scheme == "sqlite":
         path = settings.store_url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError("sqlite store URL needs a path: sqlite:///./recallq.db")
-        return SQLiteStore(Path(path), cache_bytes=int(settings.sqlite_cache_mb * 2**20))
+        cache_bytes = int(settings.sqlite_cache_mb * 2**20)
+        return SQLiteStore(Path(path), writable=writable, cache_bytes=cache_bytes)
     if scheme in ("mongodb", "mongodb+srv"):
         from worker.store.mongo import MongoStore
 

@@ -51,8 +51,15 @@ GroupResult = list[list[Candidate]]  # per query of the group, best first
 
 
 class MemoryStore(Protocol):
+    usable: bool  # false while the store cannot be served (readiness reports it)
+
     async def connect(self) -> None:
         """Open connections and choose the search mode; called once before serving."""
+        ...
+
+    async def check(self) -> None:
+        """A cheap look, every second while serving: is the store still servable? Raises
+        StoreUnavailable (and `usable` turns false) when it is not."""
         ...
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:

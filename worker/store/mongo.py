@@ -70,6 +70,7 @@ class MongoStore:
         )
         self._db = self._client[settings.mongo_database]
         self._gate = asyncio.Semaphore(settings.search_concurrency)
+        self.usable = True
         self.mode: Literal["vector", "exact"] = "exact"
         self.reason = "not connected yet"
 
@@ -87,6 +88,10 @@ class MongoStore:
             self.mode = "exact" if missing else "vector"
             self.reason = missing or "$vectorSearch answers and every index is queryable"
         log.info("mongo search mode", mode=self.mode, reason=self.reason)
+
+    async def check(self) -> None:
+        """Nothing to look at: PyMongo monitors the servers, and a failing search is
+        answered store_unavailable."""
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         one_group = self._vector_group if self.mode == "vector" else self._exact_group

@@ -1,21 +1,22 @@
-"""The embedded store: stdlib sqlite3 in WAL mode, exact search with numpy.
+"""The embedded store: stdlib sqlite3, exact search with numpy.
 
 All database work runs on one dedicated thread, so the event loop never blocks
-and the connection is never shared between threads. Each (memory type,
+and the connection is never shared between threads. A serving store is
+read-only (worker.store.sqlite_file says why and what makes a file a store); a
+writable one (ingest, init) creates, marks and fills it. Each (memory type,
 memory_id) group is loaded once as its embeddings (a float32 matrix) and their
 rowids, and cached, bounded in bytes; after scoring, one query fetches the rows
 of the candidates only (loading whole rows made a group load 1.45 ms, the
 vectors alone ~0.2 ms). Both reads of a search run in one read transaction, so
 the rowids and the rows come from the same snapshot. The cache is dropped when
-this store upserts or when `PRAGMA data_version` shows another process (an
-ingest) committed.
+this store upserts, when `PRAGMA data_version` shows another process (an
+ingest) committed, and when the file at the path is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,36 +30,25 @@ from worker.errors import StoreUnavailable
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import check_dimensions, top_k
 from worker.store.group_cache import GroupCache
+from worker.store.sqlite_file import (
+    COLUMNS,
+    Identity,
+    close_writer,
+    identity,
+    open_for_reading,
+    open_for_writing,
+)
 from worker.threads import single_thread
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS memories (
-    memory_type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    memory_id TEXT NOT NULL,
-    content TEXT NOT NULL,
-    summary_content TEXT,
-    role TEXT,
-    timestamp REAL NOT NULL,
-    situational_tags TEXT,
-    importance REAL,
-    embedding BLOB NOT NULL,
-    PRIMARY KEY (memory_type, id)
-);
-CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id);
-"""
-
-COLUMNS = (
-    "memory_type, id, memory_id, content, summary_content, role, timestamp, "
-    "situational_tags, importance, embedding"
-)
+COLUMN_LIST = ", ".join(COLUMNS)
+PLACEHOLDERS = ",".join("?" * len(COLUMNS))
 
 # No ORDER BY: with one, SQLite walks the primary key and scans the whole memory type.
 GROUP_QUERY = "SELECT rowid, embedding FROM memories WHERE memory_type = ? AND memory_id = ?"
-ROW_COLUMNS = COLUMNS.removesuffix(", embedding")
+ROW_COLUMNS = COLUMN_LIST.removesuffix(", embedding")
 ROWS_QUERY = "SELECT rowid, " + ROW_COLUMNS + " FROM memories WHERE rowid IN ({})"
 ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
 
@@ -67,23 +57,40 @@ RowIds = npt.NDArray[np.int64]
 GroupData = tuple[RowIds, Vectors]  # rowids, and the embeddings in the same order
 GROUP_OVERHEAD_BYTES = 400  # the key, the tuple and two array headers
 DEFAULT_CACHE_BYTES = 512 * 2**20
+NOT_OPENED: Identity = (0, 0)
 
 
 class SQLiteStore:
+    """`writable=False` (serving): the file is opened read-only and must already be a
+    recallq store; `writable=True` (ingest, init): created or marked if need be."""
+
     def __init__(
-        self, path: Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES, busy_timeout_s: float = 5.0
+        self,
+        path: Path,
+        *,
+        writable: bool = False,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        busy_timeout_s: float = 5.0,
     ) -> None:
         self.path = path
+        self.writable = writable
         self._busy_timeout_s = busy_timeout_s
         self._executor = single_thread("recallq-sqlite")
         self._conn: sqlite3.Connection | None = None
         self.cache: GroupCache[GroupData] = GroupCache(cache_bytes)
         self._data_version = -1
-        self._identity: tuple[int, int] = (0, 0)
+        self._identity: Identity = NOT_OPENED
         self.usable = True  # false from a failed call until the next one succeeds
+        self._problem: str | None = None  # what the last failed call found, logged once
+        self._closed = False
 
     async def connect(self) -> None:
-        await self._run(lambda: self._connection())
+        await self._run(self._current_connection)
+
+    async def check(self) -> None:
+        """Is the file at the path still the store (or a store again)? Cheap: one stat,
+        and a reopen only when the file was replaced or the last call failed."""
+        await self._run(self._current_connection)
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         return await self._run(lambda: self._search_groups(groups))
@@ -93,12 +100,17 @@ class SQLiteStore:
         await self._run(lambda: self._write(rows))
 
     async def ensure_indexes(self) -> None:
-        await self._run(lambda: self._connection())
+        await self._run(self._current_connection)
 
     def describe(self) -> dict[str, Any]:
-        return {"store": "sqlite", "path": str(self.path), "mode": "exact"}
+        access = "read-write" if self.writable else "read-only"
+        return {"store": "sqlite", "path": str(self.path), "mode": "exact", "access": access}
 
     async def close(self) -> None:
+        """Close the file (a writer empties its WAL first); a second close does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -111,51 +123,62 @@ class SQLiteStore:
         except (sqlite3.DatabaseError, StoreUnavailable) as exc:
             self.usable = False
             await loop.run_in_executor(self._executor, self._close)
-            if isinstance(exc, StoreUnavailable):
-                raise
-            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
+            if not isinstance(exc, StoreUnavailable):
+                exc = StoreUnavailable(f"sqlite {self.path}: {exc}")
+            self._found(str(exc))
+            raise exc from None
         self.usable = True
+        self._found(None)
         return result
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(SCHEMA)
-            except sqlite3.DatabaseError:
-                conn.close()
-                raise
-            self._conn = conn
-            self._identity = _identity(self.path)
-        return self._conn
+    def _found(self, problem: str | None) -> None:
+        """One log line when the store becomes unusable (saying why) or usable again."""
+        if problem == self._problem:
+            return
+        if problem is not None:
+            log.error("store unavailable", path=str(self.path), reason=problem)
+        elif self._problem is not None:
+            log.info("store served again", path=str(self.path))
+        self._problem = problem
 
     def _current_connection(self) -> sqlite3.Connection:
-        """The connection, reopened first if the file at `path` was replaced; gone is an error."""
-        try:
-            identity = _identity(self.path)
-        except FileNotFoundError:
-            raise StoreUnavailable(f"sqlite: {self.path} is gone (deleted or moved)") from None
-        if self._conn is not None and identity != self._identity:
+        """The connection; if the file at the path was replaced, the old connection is
+        closed before the new file is opened (and checked), so nothing the old one holds
+        (its WAL index, its locks) ever meets the new file."""
+        replaced = self._identity != NOT_OPENED and self._replaced()
+        if replaced and self.writable:  # a writer never follows a rename: it would write elsewhere
+            raise StoreUnavailable(f"sqlite {self.path} is gone or was replaced while written")
+        if replaced and self._conn is not None:
             log.warning("sqlite file replaced under the worker; reopening", path=str(self.path))
             self._close()
-        return self._connection()
+        if self._conn is None:
+            opener = open_for_writing if self.writable else open_for_reading
+            self._conn, self._identity = opener(self.path, self._busy_timeout_s)
+        return self._conn
+
+    def _replaced(self) -> bool:
+        try:
+            return identity(self.path) != self._identity
+        except OSError:  # gone: opening says so
+            return True
 
     def _close(self) -> None:
         """Close the connection and forget what it loaded (the next call reopens)."""
         self.cache.clear()
         self._data_version = -1
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self.writable and not self._replaced():
+            close_writer(conn, self.path)
+        else:
+            conn.close()
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        conn = self._connection()
+        conn = self._current_connection()
         with conn:
             conn.executemany(
-                f"INSERT OR REPLACE INTO memories ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT OR REPLACE INTO memories ({COLUMN_LIST}) VALUES ({PLACEHOLDERS})", rows
             )
         self.cache.clear()
 
@@ -210,11 +233,6 @@ def _fetch_memories(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Me
 
 
 EMPTY = np.zeros((0, 0), dtype=np.float32)
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    status = os.stat(path)
-    return status.st_dev, status.st_ino
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:

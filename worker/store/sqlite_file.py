@@ -1,0 +1,228 @@
+"""The embedded store's file: what makes a file a recallq store, and how it is opened.
+
+A serving worker opens its store read-only and never writes a byte into whatever
+sits at its path: a file renamed in under it may be anything (another program's
+database, a truncated copy), and a reader that wrote (a journal-mode change, a
+schema) would change that file, and its WAL could reach the next file renamed in.
+Only `ingest` and `init` create, stamp or migrate a store, and they leave its
+write-ahead log empty when they finish, so a finished store can be renamed.
+
+A recallq store is marked in the SQLite header itself: `application_id` (offset
+68) is APPLICATION_ID and `user_version` (offset 60) its schema version. Both are
+read from the first 100 bytes before SQLite opens the file, so a foreign file is
+recognised without SQLite ever opening it (or its stale -wal, or its -shm).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import structlog
+
+from worker.errors import StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+APPLICATION_ID = 0x72636C71  # "rclq"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_BYTES = 100
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    memory_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    memory_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    summary_content TEXT,
+    role TEXT,
+    timestamp REAL NOT NULL,
+    situational_tags TEXT,
+    importance REAL,
+    embedding BLOB NOT NULL,
+    PRIMARY KEY (memory_type, id)
+);
+CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id);
+"""
+COLUMNS = (
+    "memory_type",
+    "id",
+    "memory_id",
+    "content",
+    "summary_content",
+    "role",
+    "timestamp",
+    "situational_tags",
+    "importance",
+    "embedding",
+)
+HOW_TO_CREATE = "create it with `recallq worker ingest FILE` or `recallq worker init`"
+
+Identity = tuple[int, int]  # (st_dev, st_ino): which file sits at the path
+
+
+def identity(path: Path) -> Identity:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def what_is_at(path: Path) -> str | None:
+    """None when `path` holds a recallq store of this schema version; else what it holds,
+    read from the header alone (SQLite does not open the file)."""
+    try:
+        header = _header(path)
+    except FileNotFoundError:
+        return f"missing ({_missing_why(path)}): {HOW_TO_CREATE}"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not header:
+        return "an empty file (0 bytes), not a recallq store"
+    if len(header) < HEADER_BYTES or not header.startswith(SQLITE_MAGIC):
+        return "not a SQLite database"
+    version = int.from_bytes(header[60:64], "big")
+    application = int.from_bytes(header[68:72], "big")
+    if application != APPLICATION_ID:
+        return (
+            f"a SQLite database that is not a recallq store (application_id {application:#x}); "
+            "a store made before recallq marked its stores is marked by `recallq worker init`"
+        )
+    if version > SCHEMA_VERSION:
+        return f"a recallq store of schema {version}, newer than this worker's {SCHEMA_VERSION}"
+    if version < SCHEMA_VERSION:
+        return f"a recallq store of schema {version}: migrate it with `recallq worker init`"
+    return None
+
+
+def open_for_reading(path: Path, busy_timeout_s: float) -> tuple[sqlite3.Connection, Identity]:
+    """A read-only connection to the recallq store at `path` (SQLite's `mode=ro`: no
+    journal-mode change, no schema, no checkpoint), and the file's identity; anything
+    else at the path is StoreUnavailable saying what was found."""
+    before = _identity_or_unavailable(path)
+    if (found := what_is_at(path)) is not None:
+        raise StoreUnavailable(f"sqlite {path} is {found}")
+    uri = path.absolute().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s)
+    try:
+        _check_schema(conn, path)
+        if _identity_or_unavailable(path) != before:
+            raise StoreUnavailable(f"sqlite {path} was replaced while it was opened; retrying")
+    except BaseException:
+        conn.close()
+        raise
+    return conn, before
+
+
+def open_for_writing(path: Path, busy_timeout_s: float) -> tuple[sqlite3.Connection, Identity]:
+    """A read-write connection for ingest and init: creates the store (marked, in WAL
+    mode) where nothing is, marks a store made before marks existed, and refuses any
+    other file rather than write into it."""
+    _make_directory(path.parent)
+    fresh = not path.exists() or path.stat().st_size == 0
+    found = None if fresh else what_is_at(path)
+    unmarked = found is not None and _unmarked_store(path)
+    if found is not None and not unmarked:
+        raise StoreUnavailable(f"sqlite {path} is {found}: refusing to write into it")
+    conn = sqlite3.connect(path, timeout=busy_timeout_s)
+    try:
+        if fresh or unmarked:
+            _mark(conn, path, created=fresh)
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for this writer
+        conn.execute("PRAGMA synchronous=NORMAL")
+        _check_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, identity(path)
+
+
+def close_writer(conn: sqlite3.Connection, path: Path) -> None:
+    """Checkpoint the whole write-ahead log into the file and empty it, then close: a
+    finished store leaves no WAL frames at its path for a rename to strand."""
+    try:
+        emptied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    except sqlite3.DatabaseError:
+        emptied = False
+    conn.close()
+    if not emptied:
+        log.warning(
+            "sqlite: the write-ahead log could not be emptied (readers held it, or the file "
+            "failed); do not rename this file before `recallq worker init` has run on it",
+            path=str(path),
+        )
+
+
+def _mark(conn: sqlite3.Connection, path: Path, *, created: bool) -> None:
+    """Schema and marks in one rollback-journal transaction, before WAL mode is on, so
+    they are in the file itself from the first commit (the header check reads them)."""
+    conn.executescript(
+        "BEGIN;"
+        + SCHEMA
+        + f"PRAGMA application_id = {APPLICATION_ID};"
+        + f"PRAGMA user_version = {SCHEMA_VERSION};"
+        + "COMMIT;"
+    )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an old store in WAL mode: into the file
+    log.info("sqlite store created" if created else "sqlite store marked", path=str(path))
+
+
+def _unmarked_store(path: Path) -> bool:
+    """A store written before recallq marked its stores: unmarked, with the memories table."""
+    header = _header(path)
+    if not header.startswith(SQLITE_MAGIC) or header[60:72] != bytes(12):
+        return False
+    conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        return set(COLUMNS) <= _columns(conn)
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def _header(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(HEADER_BYTES)
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """What SQLite reads (through the WAL) must be the store the header promised."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    missing = set(COLUMNS) - _columns(conn)
+    if version != SCHEMA_VERSION or missing:
+        raise StoreUnavailable(
+            f"sqlite {path} is marked as a recallq store but reads as schema {version}"
+            + (f" without columns {sorted(missing)}" if missing else "")
+        )
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(memories)")}
+
+
+def _identity_or_unavailable(path: Path) -> Identity:
+    try:
+        return identity(path)
+    except FileNotFoundError:
+        raise StoreUnavailable(f"sqlite {path} is missing ({_missing_why(path)})") from None
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite {path} cannot be read ({exc.strerror})") from None
+
+
+def _missing_why(path: Path) -> str:
+    nearest = path.parent
+    while not nearest.exists():  # ends at the root at the latest
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return f"{nearest} is not a directory"
+    return "no such file" if nearest == path.parent else f"no directory {path.parent}"
+
+
+def _make_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"sqlite: cannot create the directory {directory} ({exc.strerror})"
+        ) from None
