@@ -169,6 +169,11 @@ class Consumer:
         takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
         owner = self._profile.check(request.limits, request.filters or ())
+        if self._topology.least_privilege and not message.user_id:
+            raise ForeignReplyTo(  # no identity: whose reply_to it names cannot be known
+                "no user_id: the least-privilege topology answers only requests that carry "
+                "the sender's broker-validated user_id"
+            )
         if self._topology.least_privilege and not self._topology.owns(
             message.user_id, message.reply_to or ""
         ):

@@ -157,11 +157,15 @@ async def test_a_producer_is_refused_every_attack_and_the_victim_is_unaffected(
         assert bob.rejected_replies == 0 and bob.dropped_replies == 0
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["alice-signed", "no-user_id"])
 async def test_a_request_naming_anothers_reply_queue_is_dead_lettered_without_a_reply(
     settings: WorkerSettings, deployment: Deployment, embedder: Embedder, demo_store: SQLiteStore,
-    alice_connection: AbstractRobustConnection,
+    alice_connection: AbstractRobustConnection, signed: bool,
 ) -> None:  # fmt: skip
+    """As the README says: a reply_to that is not the sender's, or a request without the
+    broker-validated user_id that would prove whose it is, gets no reply at all."""
     topology = deployment.alice.topology
+    user_id = deployment.alice.amqp_user if signed else None
     async with (
         running_worker(deployment.worker, embedder, demo_store) as worker,
         RetrievalClient(deployment.bob, timeout=30) as bob,
@@ -175,14 +179,14 @@ async def test_a_request_naming_anothers_reply_queue_is_dead_lettered_without_a_
             content_type=CONTENT_TYPE,
             correlation_id="stolen",
             reply_to=bob.reply_queue_name,  # answers would land in bob's context
-            user_id=deployment.alice.amqp_user,
+            user_id=user_id,
         )
         await submit.publish(message, topology.requests.name, mandatory=True)
         admin = await aio_pika.connect(settings.amqp_url)  # guest: the test's operator
         async with admin:
             dead = await (await admin.channel()).declare_queue(topology.dead.name, passive=True)
             letter = await next_message(dead)
-        assert letter.correlation_id == "stolen" and letter.user_id == deployment.alice.amqp_user
+        assert letter.correlation_id == "stolen" and letter.user_id == user_id
         assert (letter.headers or {}).get("x-first-death-reason") == "rejected"
         # The refusal was settled before it was dead-lettered, and replies reach bob's
         # queue in order: had the worker answered, bob would have dropped it by now.
