@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.config import JsonDict
 
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "x-recallq-schema"
@@ -29,6 +30,13 @@ MAX_SHORT_STRING_BYTES = 255
 # 9999-12-31T23:59:59.999Z: a later deadline is no deadline, and a larger integer
 # overflows the float arithmetic of the deadline checks.
 MAX_DEADLINE_MS = 253_402_300_799_999
+MAX_QUERY_CHARS = 4096
+# What str.strip() removes (exactly the characters of str.isspace()), spelled out as a class
+# of literal characters: `\s` differs between regex dialects (ECMA-262 counts U+FEFF, which
+# Python keeps; Python counts U+001C..U+001F, which ECMA-262 does not), and `\uXXXX` escapes
+# are not in every dialect (Go's RE2). A query must have one character outside it.
+STRIPPED_CHARS = "\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{STRIPPED_CHARS}]"
 
 
 class MemoryType(StrEnum):
@@ -56,17 +64,25 @@ class ErrorCode(StrEnum):
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# The key rule of `limits` and `filters` as the schema's propertyNames (pydantic only writes
+# patternProperties, which let any other key through). The `not` spells out what `$` means
+# to the worker: Python's re, Java and .NET let `$` match before a final newline.
+_NAME_KEYS: JsonDict = {
+    "propertyNames": {"pattern": NAME_PATTERN, "not": {"pattern": "[^a-z0-9_]"}}
+}
+
 Limit = Annotated[StrictInt, Field(ge=1, le=100)]
-MemoryTypeName = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-ScopeField = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+MemoryTypeName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+ScopeField = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
 ScopeValue = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-Weight = Annotated[float, Field(ge=0.0, le=10.0, strict=False)]
+Weight = Annotated[float, Field(ge=0.0, le=10.0)]
 
 
 class RankWeights(BaseModel):
     """Weights of the memory signal; see worker.rank for the formula."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = _STRICT  # numbers only: "0.5" and true are no weights
 
     relevance: Weight = 1.0
     recency: Weight = 0.25
@@ -75,12 +91,34 @@ class RankWeights(BaseModel):
 
 
 class RetrievalRequest(BaseModel):
-    """One retrieval: embed `query`, search each memory type in `limits` for `memory_id`."""
+    """One retrieval: embed `query`, search each memory type in `limits` for `memory_id`.
+
+    The worker also refuses what JSON Schema cannot say: lone surrogates (\\ud800) in any
+    string, a fraction or exponent in an integer (5.0), NaN and Infinity."""
 
     model_config = _STRICT
 
-    request_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
-    query: StrictStr
+    request_id: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="Echoed as the reply's correlation_id, an AMQP short string: also at "
+            "most 255 bytes of UTF-8, which JSON Schema cannot count and the worker checks "
+            "(63 characters always fit).",
+        ),
+    ]
+    # Bounds for the schema only: as pydantic constraints they would measure before the
+    # strip (the validators below enforce them after it) and word a blank query worse.
+    query: Annotated[
+        StrictStr,
+        Field(
+            description="What to search for: stripped of surrounding whitespace (str.strip), "
+            f"then 1..{MAX_QUERY_CHARS} characters. maxLength counts the padding too, so it "
+            "is stricter than the worker there; pattern asks for a non-whitespace character.",
+            json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": NOT_BLANK},
+        ),
+    ]
     memory_id: Annotated[
         StrictStr,
         Field(
@@ -93,7 +131,13 @@ class RetrievalRequest(BaseModel):
     ]
     limits: Annotated[
         dict[MemoryTypeName, Limit],
-        Field(min_length=1, max_length=8, description="Memory type -> hits wanted."),
+        Field(
+            min_length=1,
+            max_length=8,
+            description="Memory type -> hits wanted. The worker refuses types its store "
+            "profile does not serve.",
+            json_schema_extra=_NAME_KEYS,
+        ),
     ]
     deadline_ms: StrictInt | None = Field(
         default=None,
@@ -101,7 +145,7 @@ class RetrievalRequest(BaseModel):
         le=MAX_DEADLINE_MS,
         description="Absolute epoch milliseconds; past it the reply is expired.",
     )
-    min_score: Annotated[float, Field(ge=-1.0, le=1.0, strict=False)] | None = Field(
+    min_score: Annotated[float, Field(ge=-1.0, le=1.0)] | None = Field(
         default=None, description="Drop hits whose cosine similarity is below this."
     )
     weights: RankWeights | None = None
@@ -110,10 +154,13 @@ class RetrievalRequest(BaseModel):
         description="signal: recallq's memory signal (weights apply); memorizz: memorizz's "
         "own retrieval scoring (min-max normalised recency, importance and relevance).",
     )
-    filters: Annotated[dict[ScopeField, ScopeValue], Field(max_length=8)] | None = Field(
+    filters: (
+        Annotated[dict[ScopeField, ScopeValue], Field(max_length=8, json_schema_extra=_NAME_KEYS)]
+        | None
+    ) = Field(
         default=None,
         description="Scope equalities on top of memory_id (e.g. user_id): strings only, "
-        "fields from the deployment's list (RECALLQ_SCOPE_FIELDS).",
+        "fields from the deployment's list (RECALLQ_SCOPE_FIELDS), never the owner field.",
     )
 
     @field_validator("query")
@@ -142,8 +189,8 @@ class RetrievalRequest(BaseModel):
     @classmethod
     def _query_not_blank(cls, value: str) -> str:
         stripped = value.strip()
-        if not 1 <= len(stripped) <= 4096:
-            raise ValueError("query must be 1..4096 characters after stripping")
+        if not 1 <= len(stripped) <= MAX_QUERY_CHARS:
+            raise ValueError(f"query must be 1..{MAX_QUERY_CHARS} characters after stripping")
         return stripped
 
 
