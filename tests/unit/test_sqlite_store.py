@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from schemas.messages import MemoryType
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.store.base import Memory, SearchGroup
 from worker.store.sqlite import SQLiteStore
+from worker.store.sqlite_file import SCHEMA, what_is_at
 
 DIMS = 8
 LONG = MemoryType.LONG_TERM
@@ -212,3 +214,79 @@ async def test_a_corrupt_file_is_store_unavailable_not_a_crash(tmp_path: Path) -
         await corrupt.search([group])
     assert not corrupt.usable
     await corrupt.close()
+
+
+def legacy_store(path: Path, rows: int) -> None:
+    """A store as recallq wrote them before stores were marked: no application_id."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA)
+    conn.executemany(
+        "INSERT INTO memories VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [(LONG.value, f"m{i}", "alice", f"old {i}", None, None, 1.0, None, None,
+          np.ones(DIMS, np.float32).tobytes()) for i in range(rows)],
+    )  # fmt: skip
+    conn.commit()
+    conn.close()
+
+
+def sidecar_bytes(database: Path, suffix: str) -> int | None:
+    """The size of the database's -wal or -journal file; None where there is none."""
+    sidecar = Path(f"{database}{suffix}")
+    return sidecar.stat().st_size if sidecar.exists() else None
+
+
+def rows_of(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_an_unmarked_store_is_refused_for_serving_until_init_marks_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    legacy_store(path, 5)
+    rows = rows_of(path)
+    reader = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable, match="marked by `recallq worker init`"):
+        await reader.connect()
+    assert rows_of(path) == rows  # looked at, not touched
+    writer = SQLiteStore(path, writable=True)  # what `recallq worker init` opens
+    await writer.ensure_indexes()
+    await writer.close()
+    assert what_is_at(path) is None and rows_of(path) == rows
+    await reader.connect()
+    assert reader.usable
+    await reader.close()
+
+
+async def test_a_writer_refuses_a_foreign_file_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE foo (bar TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    writer = SQLiteStore(path, writable=True)
+    with pytest.raises(StoreUnavailable, match=r"not a recallq store.*refusing to write"):
+        await writer.ensure_indexes()
+    await writer.close()
+    assert path.read_bytes() == before
+    assert sidecar_bytes(path, "-wal") is None and sidecar_bytes(path, "-journal") is None
+
+
+async def test_a_writer_leaves_an_empty_write_ahead_log_even_while_a_reader_holds_the_file(
+    store: SQLiteStore,
+) -> None:
+    rng = np.random.default_rng(25)
+    await store.upsert(memories("alice", LONG, 40), vectors(rng, 40))
+    reader = SQLiteStore(store.path)
+    await reader.search([SearchGroup(LONG, "alice", vectors(rng, 1), (3,))])  # holds it open
+    await store.upsert(memories("bob", LONG, 40), vectors(rng, 40))
+    assert sidecar_bytes(store.path, "-wal")  # committed frames, not yet in the file
+    await store.close()
+    assert sidecar_bytes(store.path, "-wal") == 0  # checkpointed and emptied: safe to rename
+    [[hits]] = await reader.search([SearchGroup(LONG, "bob", vectors(rng, 1), (3,))])
+    assert len(hits) == 3
+    await reader.close()

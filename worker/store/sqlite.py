@@ -16,6 +16,7 @@ ingest) committed, and when the file at the path is replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -111,7 +112,8 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
-        await self._run(self._close)
+        with contextlib.suppress(sqlite3.DatabaseError):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
 
     async def _run(self, work: Callable[[], T]) -> T:

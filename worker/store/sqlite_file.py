@@ -73,7 +73,7 @@ def what_is_at(path: Path) -> str | None:
     read from the header alone (SQLite does not open the file)."""
     try:
         header = _header(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return f"missing ({_missing_why(path)}): {HOW_TO_CREATE}"
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
@@ -204,8 +204,10 @@ def _columns(conn: sqlite3.Connection) -> set[str]:
 def _identity_or_unavailable(path: Path) -> Identity:
     try:
         return identity(path)
-    except FileNotFoundError:
-        raise StoreUnavailable(f"sqlite {path} is missing ({_missing_why(path)})") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreUnavailable(
+            f"sqlite {path} is missing ({_missing_why(path)}): {HOW_TO_CREATE}"
+        ) from None
     except OSError as exc:
         raise StoreUnavailable(f"sqlite {path} cannot be read ({exc.strerror})") from None
 
