@@ -17,6 +17,7 @@ import numpy as np
 
 from schemas.messages import MemoryType
 from worker.store import Memory, SQLiteStore
+from worker.store.sqlite_file import SCHEMA_VERSION
 
 TYPES = (MemoryType.CONVERSATION, MemoryType.LONG_TERM, MemoryType.PROCEDURAL)
 DIMENSIONS = 384
@@ -62,7 +63,7 @@ class Workload:
 
 async def build_store(workload: Workload, directory: Path) -> Path:
     """The SQLite file of the workload, built once and reused (it takes seconds)."""
-    path = directory / f"bench-{workload.name}.db"
+    path = directory / f"bench-{workload.name}.schema{SCHEMA_VERSION}.db"  # older: unmarked
     if path.exists():
         return path
     partial = path.with_suffix(".partial")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from producer.bulk import BulkJob, BulkSummary
 from producer.client import RetrievalClient, RetrievalError, RetrievalTimeout
-from schemas.connect import StartupError, exit_in_one_line, explain
+from schemas.connect import broker_line, exit_in_one_line
 from schemas.logs import configure_logging
 from schemas.messages import MemoryType, RetrievalResponse
 from schemas.settings import BrokerSettings, settings_error_line
@@ -64,8 +64,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m producer") -> int
         filters = dict(args.filter) if args.filter else None
         return asyncio.run(_ask(args, limits, filters, settings))
     except Exception as exc:
-        line = str(exc) if isinstance(exc, StartupError) else explain(exc, settings.amqp_url)
-        return exit_in_one_line(exc, line, where, args.debug)
+        return exit_in_one_line(exc, failure_line(exc, settings.amqp_url), where, args.debug)
+
+
+def failure_line(exc: Exception, amqp_url: str) -> str | None:
+    """One line for a failure a person must fix, or None for a bug: the broker's
+    explanation for what the broker client raised only, never for a file."""
+    if (line := broker_line(exc, amqp_url)) is not None:
+        return line
+    if isinstance(exc, OSError) and isinstance(exc.filename, str):
+        return f"cannot use {exc.filename} ({exc.strerror}): check the input and --output paths"
+    return None
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

@@ -2,32 +2,48 @@
 one line what to check when it cannot be had.
 
 Shared by producers and workers (both import schemas only). A broker that refuses
-the connection or cannot be resolved may still be starting (Compose without a
-healthcheck, a Kubernetes pod scheduled before RabbitMQ's): retried with a bounded
-backoff, each retry logged. A refused login or a missing vhost will not fix itself:
-no retry.
+the connection may still be starting (Compose without a healthcheck, a Kubernetes pod
+scheduled before RabbitMQ's), and a resolver that answers "try again" (EAI_AGAIN) may
+be one that is still starting or briefly away: retried with a bounded backoff, each
+retry logged. A refused login, a missing vhost or a host name that does not exist
+(EAI_NONAME) will not fix itself: no retry. The whole wait has a deadline, so a
+broker port that accepts and never answers cannot hold a start for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
-from aiormq.exceptions import AMQPConnectionError, AuthenticationError, InvalidFrameError
+from aio_pika.connection import make_url
+from aiormq.exceptions import AMQPConnectionError, AMQPError, AuthenticationError, InvalidFrameError
 from aiormq.exceptions import ProbableAuthenticationError as _AuthRefused
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 MAX_DELAY_S = 5.0
+# Past RECALLQ_CONNECT_WAIT_S, what one last attempt (TCP, TLS, the AMQP handshake)
+# may take before the whole wait gives up.
+ATTEMPT_MARGIN_S = 5.0
+# getaddrinfo errors a resolver may get past by itself (a DNS server starting or away);
+# any other (EAI_NONAME: no such name) will not mend.
+TRANSIENT_DNS = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_AGAIN", "EAI_SYSTEM", "EAI_MEMORY")
+    if hasattr(socket, name)
+)
 
 
 class StartupError(Exception):
@@ -44,18 +60,23 @@ def exit_in_one_line(exc: Exception, line: str | None, where: str, debug: bool) 
 
 
 def masked(url: str) -> str:
-    """The URL without its password, fit for a log line or an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL without its password, fit for a log line or an error message; never
+    raises, whatever `url` is. The user info runs to the last '@', so a password with
+    an unencoded '/', '?', '#' or '@' is hidden too (a rare '@' in a path or an option
+    hides a little more than the password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    user, colon, _ = rest[: max(rest.rfind("@"), 0)].partition(":")
+    if not colon:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{scheme}{sep}{user}:***{rest[rest.rfind('@') :]}"
 
 
 def explain(exc: BaseException, url: str) -> str | None:
     """One line for a broker connection failure, or None when `exc` is not one."""
     where = masked(url)
-    parts = urlsplit(url)
+    parts = _split(url)
     if isinstance(exc, _AuthRefused | AuthenticationError):
         user = unquote(parts.username or "guest")
         return (
@@ -69,6 +90,12 @@ def explain(exc: BaseException, url: str) -> str | None:
             "user has no permission on it; check the vhost in RECALLQ_AMQP_URL "
             "(rabbitmqctl list_vhosts, list_permissions -p VHOST)"
         )
+    if (lookup := resolution_error(exc)) is not None:
+        dns = " and that DNS answers" if lookup.errno in TRANSIENT_DNS else ""
+        return (
+            f"cannot resolve the broker host {parts.hostname or ''!r} of {where} "
+            f"({lookup.strerror}): check the host in RECALLQ_AMQP_URL{dns}"
+        )
     if unreachable(exc):
         reason = exc.args[-1] if exc.args else type(exc).__name__
         return (
@@ -78,11 +105,43 @@ def explain(exc: BaseException, url: str) -> str | None:
     return None
 
 
+def broker_line(exc: BaseException, url: str) -> str | None:
+    """One line for what the broker client raised (connect_waiting's StartupError, an
+    aio-pika or aiormq error); None for anything else: a file, a store or a bug is not
+    the broker's to explain."""
+    if isinstance(exc, StartupError):
+        return str(exc)
+    if isinstance(exc, AMQPError):
+        return explain(exc, url)
+    return None
+
+
 def unreachable(exc: BaseException) -> bool:
-    """Nothing answered (yet): the broker may still be starting."""
+    """Nothing answered (yet): the broker may still be starting. Only in the context of
+    a connect: any OSError there is the connection's."""
     if isinstance(exc, _AuthRefused | AuthenticationError | InvalidFrameError):
         return False
+    if (lookup := resolution_error(exc)) is not None:
+        return lookup.errno in TRANSIENT_DNS
     return isinstance(exc, AMQPConnectionError | ConnectionError | TimeoutError | OSError)
+
+
+def resolution_error(exc: BaseException) -> socket.gaierror | None:
+    """The getaddrinfo error behind `exc` (aiormq wraps it in AMQPConnectionError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain, not a loop: bounded all the same
+        if seen is None or isinstance(seen, socket.gaierror):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _split(url: str) -> SplitResult:
+    """urlsplit, or nothing for what it cannot split (an unclosed '[')."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return urlsplit("")
 
 
 async def retry_while(
@@ -117,18 +176,36 @@ async def retry_while(
 async def connect_waiting(
     url: str, wait_s: float, connection_name: str
 ) -> AbstractRobustConnection:
-    """A robust connection, waiting up to `wait_s` seconds for an unreachable broker;
-    StartupError saying what to check when it cannot be had."""
+    """A robust connection, waiting up to `wait_s` seconds for an unreachable broker and
+    `wait_s` + ATTEMPT_MARGIN_S in all (a connect that hangs included); StartupError
+    saying what to check when it cannot be had."""
 
     async def connect() -> AbstractRobustConnection:
-        with _quiet_transport_errors():
-            return await aio_pika.connect_robust(
-                url, client_properties={"connection_name": connection_name}
-            )
+        connection = aio_pika.RobustConnection(
+            make_url(url), client_properties={"connection_name": connection_name}
+        )
+        try:
+            with _quiet_transport_errors():
+                await connection.connect()
+        except BaseException:
+            # Closed, or its reconnect task outlives a failed or cancelled connect and
+            # retries every 5 s, holding the event loop (and the process) open.
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        return connection
 
+    deadline = asyncio.timeout(None if math.isinf(wait_s) else wait_s + ATTEMPT_MARGIN_S)
     try:
-        return await retry_while(connect, unreachable, wait_s, "broker", url)
+        async with deadline:
+            return await retry_while(connect, unreachable, wait_s, "broker", url)
     except Exception as exc:
+        if deadline.expired():
+            raise StartupError(
+                f"the broker at {masked(url)} did not answer within "
+                f"{wait_s + ATTEMPT_MARGIN_S:g} s: check RECALLQ_AMQP_URL (RabbitMQ's AMQP "
+                "port?) and RECALLQ_CONNECT_WAIT_S"
+            ) from exc
         message = explain(exc, url)
         if message is None:
             raise

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topology import (
@@ -16,6 +17,67 @@ from schemas.topology import (
     Layout,
     Topology,
 )
+
+AMQP_FORM = "amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://)"
+GARBAGE = re.compile(r"[\s\x00-\x1f\x7f]")
+HOST = re.compile(r"[\w.~%-]+")  # a name (IDN too), an IPv4 address, a %-encoded socket path
+IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+(%25[\w.~-]+)?\]")
+PORT = re.compile(r"[0-9]{1,5}")
+ENCODE_HINT = (
+    "an '@' after the host: percent-encode '/', '?', '#' and '@' in the user and password "
+    "(%2F, %3F, %23, %40)"
+)
+
+
+def check_amqp_url(url: str) -> str:
+    """`url`, or ValueError saying what is wrong with it. aio-pika retries a URL without
+    a host for ever and fails on a bad port deep inside a connect: refused here, at once.
+    No message echoes the URL: it may hold a password."""
+    if GARBAGE.search(url):
+        raise ValueError("whitespace or a control character in the URL")
+    if url.partition("://")[0].lower() not in ("amqp", "amqps") or "://" not in url:
+        raise ValueError(f"not an AMQP URL: expected {AMQP_FORM}")
+    _, hosts, after = url_authority(url, AMQP_FORM)
+    if "@" in after:  # a '/', '?' or '#' in the password ended the host early
+        raise ValueError(ENCODE_HINT)
+    host_port(hosts)
+    if "#" in after:
+        raise ValueError("a '#' fragment: an AMQP URL has none (in a password '#' is %23)")
+    return url
+
+
+def url_authority(url: str, form: str, ends: str = "/?#") -> tuple[str | None, str, str]:
+    """(USERINFO or None, HOSTS, what follows) of SCHEME://[USERINFO@]HOSTS..., the
+    authority ending at the first of `ends`; ValueError for whitespace or no host."""
+    if GARBAGE.search(url):
+        raise ValueError("whitespace or a control character in the URL")
+    rest = url.partition("://")[2]
+    authority = re.split(f"[{re.escape(ends)}]", rest, maxsplit=1)[0]
+    userinfo, at, hosts = authority.rpartition("@")
+    if not hosts:
+        raise ValueError(f"no host: expected {form}")
+    return (userinfo if at else None), hosts, rest[len(authority) :]
+
+
+def host_port(text: str) -> tuple[str, int | None]:
+    """HOST[:PORT] or [IPV6][:PORT]; ValueError unless the host is one and the port,
+    when given, a number 1..65535. The port is not echoed: a mistyped URL can put part
+    of a password there."""
+    if text.startswith("["):
+        host, bracket, after = text.partition("]")
+        host += bracket
+        if not IPV6.fullmatch(host) or (after and not after.startswith(":")):
+            raise ValueError("a host in brackets must be an IPv6 address: [::1]:5672")
+        colon, port = after[:1], after[1:]
+    else:
+        host, colon, port = text.partition(":")
+        if not HOST.fullmatch(host):
+            raise ValueError(f"host {host!r} is not a host name or address")
+    if not colon:
+        return host, None
+    if not PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port of host {host!r} is not a number 1-65535")
+    return host, int(port)
 
 
 class BrokerSettings(BaseSettings):
@@ -72,6 +134,11 @@ class BrokerSettings(BaseSettings):
         description="Comma-separated AMQP users whose replies clients accept; empty = any.",
     )
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url_parses(cls, url: str) -> str:
+        return check_amqp_url(url)
+
     @model_validator(mode="after")
     def _owner_fits_queue_names(self) -> BrokerSettings:
         # In the least-privilege layout the user name is part of queue names and of
@@ -79,8 +146,9 @@ class BrokerSettings(BaseSettings):
         # cover another's.
         if self.broker_topology is Layout.LEAST_PRIVILEGE and not OWNER_NAME.match(self.amqp_user):
             raise ValueError(
-                f"AMQP user {self.amqp_user!r}: with the least-privilege topology user names "
-                "must be 1-64 letters, digits, '_' or '-'"
+                f"AMQP user {self.amqp_user!r} (RECALLQ_AMQP_URL): with the least-privilege "
+                "topology (RECALLQ_BROKER_TOPOLOGY) user names must be 1-64 letters, digits, "
+                "'_' or '-'"
             )
         return self
 
@@ -109,7 +177,11 @@ class BrokerSettings(BaseSettings):
 
 
 def settings_error_line(exc: ValidationError) -> str:
-    """The first invalid setting, named as its environment variable."""
+    """The first invalid setting, named as its environment variable (a check across
+    settings names them in its message)."""
     error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return f"invalid settings: {message}"
     name = "RECALLQ_" + "_".join(str(part) for part in error["loc"]).upper()
-    return f"invalid setting {name}: {error['msg']}"
+    return f"invalid setting {name}: {message}"

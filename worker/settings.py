@@ -3,19 +3,72 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from schemas.settings import BrokerSettings
+from schemas.settings import ENCODE_HINT, BrokerSettings, host_port, url_authority
 from worker.encoders import EncoderSpec
 from worker.errors import ConfigError
 from worker.profiles import SCOPE_FIELDS, Profile, load_profile
 
+SQLITE_PREFIX = "sqlite:///"
+MONGO_FORM = "mongodb://USER:PASSWORD@HOST:PORT,.../?OPTIONS or mongodb+srv://HOST/"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+UNENCODED_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+STORE_FORM = "sqlite:///PATH (sqlite:///./recallq.db, sqlite:////var/lib/recallq.db) or mongodb://"
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def sqlite_path(store_url: str) -> str | None:
+    """The path of an embedded store's URL (as open_store reads it), None for MongoDB."""
+    return store_url.removeprefix(SQLITE_PREFIX) if store_url.startswith(SQLITE_PREFIX) else None
+
+
+def check_store_url(url: str) -> str:
+    """`url`, or ValueError saying what is wrong with it, before a model is loaded or a
+    store opened. No DNS: a mongodb+srv name is looked up when the store connects."""
+    if (path := sqlite_path(url)) is not None:
+        check_sqlite_path(path)
+    elif url.startswith(("mongodb://", "mongodb+srv://")):
+        check_mongo_url(url)
+    else:
+        raise ValueError(f"not a store URL: expected {STORE_FORM}")
+    return url
+
+
+def check_sqlite_path(path: str) -> None:
+    if not path:
+        raise ValueError(f"no path after {SQLITE_PREFIX}: expected {STORE_FORM}")
+    if path != path.strip() or CONTROL.search(path):
+        raise ValueError("the path has surrounding whitespace or a control character")
+
+
+def check_mongo_url(url: str) -> None:
+    """What PyMongo refuses when it parses a URL (as it opens the store: a traceback,
+    after the model has loaded), less its DNS lookups. Its authority ends at '?' or '/'."""
+    userinfo, hosts, after = url_authority(url, MONGO_FORM, ends="/?")
+    if userinfo is not None:
+        if "@" in userinfo or userinfo.count(":") > 1 or UNENCODED_PERCENT.search(userinfo):
+            raise ValueError("the user and password must be percent-encoded (RFC 3986)")
+        if not userinfo.partition(":")[0]:
+            raise ValueError("no user name before the '@'")
+    names = hosts.split(",")
+    if "" in names:
+        raise ValueError(f"an empty host in the host list: expected {MONGO_FORM}")
+    try:
+        ports = [host_port(name)[1] for name in names]
+    except ValueError:
+        if userinfo is None and "@" in after:  # a '/' or '?' in the password ended it early
+            raise ValueError(ENCODE_HINT) from None
+        raise
+    if url.startswith("mongodb+srv://") and (len(names) > 1 or ports[0] is not None):
+        raise ValueError("a mongodb+srv:// URL names one host and no port")
 
 
 class WorkerSettings(BrokerSettings):
@@ -185,6 +238,11 @@ class WorkerSettings(BrokerSettings):
         gt=0,
         description="A delivery unsettled this long is logged, counted and makes /readyz 503.",
     )
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url_parses(cls, url: str) -> str:
+        return check_store_url(url)
 
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec(

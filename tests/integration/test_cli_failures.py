@@ -1,14 +1,19 @@
 """Failures that say what to do: with no broker, `recallq ask`, `recallq bulk` and
 `recallq worker run` each end with one line on stderr and exit 2, no traceback; a
-worker started before its broker waits for it (logging each retry), then serves."""
+worker started before its broker waits for it (logging each retry), then serves. A
+malformed RECALLQ_AMQP_URL or a broker host that does not exist fails at once (no
+wait), a broker port that never answers within the wait's deadline, and a store
+path that cannot be made names RECALLQ_STORE_URL, never the broker."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -20,6 +25,7 @@ import pytest
 from benchmarks.rabbit_nodes import LocalNode, can_run_nodes, local_nodes
 from producer.client import RetrievalClient
 from schemas.settings import BrokerSettings
+from tests.conftest import DEMO_MEMORIES
 
 RECALLQ = str(Path(sys.executable).parent / "recallq")
 
@@ -32,43 +38,161 @@ def free_port() -> int:
     return port
 
 
-def environment(tmp_path: Path, amqp_url: str, wait_s: float) -> dict[str, str]:
-    return {**os.environ, "RECALLQ_AMQP_URL": amqp_url, "RECALLQ_CONNECT_WAIT_S": str(wait_s),
-            "RECALLQ_STORE_URL": f"sqlite:///{tmp_path / 'memories.db'}",
-            "RECALLQ_METRICS_PORT": "-1", "RECALLQ_LOG_FORMAT": "json",
-            "RECALLQ_QUEUE_PREFIX": f"recallq-cli-{uuid.uuid4().hex[:8]}"}  # fmt: skip
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded store holding one memory: `worker run` serves no missing store, so
+    its broker failures come only after a store that opens."""
+    folder = tmp_path_factory.mktemp("store")
+    source = folder / "one.jsonl"
+    source.write_text(DEMO_MEMORIES.read_text().splitlines()[0] + "\n")
+    url = f"sqlite:///{folder / 'memories.db'}"
+    subprocess.run([RECALLQ, "worker", "ingest", str(source)],
+                   env={**os.environ, "RECALLQ_STORE_URL": url}, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    return url
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["ask", "where do I live?", "--memory-id", "m"],
-        ["bulk", "IN", "--output", "OUT"],
-        ["worker", "run"],
-    ],
-    ids=["ask", "bulk", "worker run"],
-)
-async def test_no_broker_is_one_line_and_exit_2(tmp_path: Path, command: list[str]) -> None:
+def environment(store_url: str, amqp_url: str, wait_s: float | None = None) -> dict[str, str]:
+    """The environment of a recallq command; RECALLQ_CONNECT_WAIT_S its default (60 s)
+    where `wait_s` is None."""
+    env = {**os.environ, "RECALLQ_AMQP_URL": amqp_url, "RECALLQ_STORE_URL": store_url,
+           "RECALLQ_METRICS_PORT": "-1", "RECALLQ_LOG_FORMAT": "json",
+           "RECALLQ_QUEUE_PREFIX": f"recallq-cli-{uuid.uuid4().hex[:8]}"}  # fmt: skip
+    env.pop("RECALLQ_CONNECT_WAIT_S", None)
+    return env if wait_s is None else {**env, "RECALLQ_CONNECT_WAIT_S": str(wait_s)}
+
+
+async def run_recallq(
+    args: list[str], env: dict[str, str], timeout: float
+) -> tuple[int | None, str, float]:
+    """Exit status, stdout and stderr together, and seconds taken; a failure if it
+    runs past `timeout` (it is killed)."""
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        RECALLQ, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"recallq {' '.join(args)} still running after {timeout} s")
+    return process.returncode, err.decode() + out.decode(), time.monotonic() - started
+
+
+COMMANDS = [
+    ["ask", "where do I live?", "--memory-id", "m"],
+    ["bulk", "IN", "--output", "OUT"],
+    ["worker", "run"],
+]
+COMMAND_IDS = ["ask", "bulk", "worker run"]
+
+
+def with_files(command: list[str], tmp_path: Path) -> list[str]:
+    """`command` with IN and OUT replaced by a bulk job's input (one request) and output."""
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"query": "q", "memory_id": "m", "limits": {"summaries": 1}}))
-    command = [str(source) if a == "IN" else str(tmp_path / "out") if a == "OUT" else a
-               for a in command]  # fmt: skip
+    return [str(source) if a == "IN" else str(tmp_path / "out") if a == "OUT" else a
+            for a in command]  # fmt: skip
+
+
+def named(command: list[str]) -> str:
+    return "recallq " + (" ".join(command[:2]) if command[0] == "worker" else command[0])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
+async def test_no_broker_is_one_line_and_exit_2(
+    tmp_path: Path, store_url: str, command: list[str]
+) -> None:
+    command = with_files(command, tmp_path)
     url = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
-    process = await asyncio.create_subprocess_exec(
-        RECALLQ, *command, env=environment(tmp_path, url, 1.0),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=180)
-    assert process.returncode == 2, err.decode()[-2000:]
-    lines = [line for line in err.decode().splitlines() if not line.startswith("{")]
-    assert len(lines) == 1, lines  # JSON lines are the retry log; one line for people
-    name = " ".join(command[:2]) if command[0] == "worker" else command[0]
-    assert lines[0].startswith(f"recallq {name}: cannot reach the broker at amqp://guest:***@")
-    assert "check RECALLQ_AMQP_URL" in lines[0] and "RECALLQ_CONNECT_WAIT_S" in lines[0]
-    assert "secret" not in err.decode() + out.decode()
-    assert "Traceback" not in err.decode()
-    retries = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    status, output, _ = await run_recallq(command, environment(store_url, url, 1.0), 180)
+    assert status == 2, output[-2000:]
+    line = the_line(output)  # JSON lines are the retry log; one line for people
+    assert line.startswith(f"{named(command)}: cannot reach the broker at amqp://guest:***@")
+    assert "check RECALLQ_AMQP_URL" in line and "RECALLQ_CONNECT_WAIT_S" in line
+    assert "secret" not in output
+    retries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert any(r["event"] == "broker not reachable yet; retrying" for r in retries)
+
+
+def names_do_not_exist_here() -> bool:
+    """Whether this machine's resolver says at once that a name does not exist (without
+    a DNS server it says "try again", which is rightly waited for)."""
+    try:
+        socket.getaddrinfo("nonexistent-host.invalid", 5672)
+    except socket.gaierror as exc:
+        return exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    return False
+
+
+BAD_URLS = {
+    "not a URL": ("notaurl", "invalid setting RECALLQ_AMQP_URL: not an AMQP URL"),
+    "a port that is no number": (
+        "amqp://guest:secret@127.0.0.1:notaport/",
+        "invalid setting RECALLQ_AMQP_URL: the port of host '127.0.0.1' is not a number",
+    ),
+    "a host that does not exist": (
+        "amqp://guest:secret@nonexistent-host.invalid:5672/",
+        "cannot resolve the broker host 'nonexistent-host.invalid' of amqp://guest:***@",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_URLS, ids=list(BAD_URLS))
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
+async def test_a_bad_broker_url_is_one_line_at_once(
+    tmp_path: Path, store_url: str, command: list[str], bad: str
+) -> None:
+    """Not retried for RECALLQ_CONNECT_WAIT_S (its default, 60 s): a malformed URL or a
+    name that does not exist will not mend."""
+    url, says = BAD_URLS[bad]
+    if "nonexistent" in url and not names_do_not_exist_here():
+        pytest.skip("this machine's resolver cannot say that a name does not exist")
+    command = with_files(command, tmp_path)
+    status, output, seconds = await run_recallq(command, environment(store_url, url), 10)
+    assert status == 2 and seconds < 10, output[-2000:]
+    line = the_line(output)
+    assert line.startswith(f"{named(command)}: {says}"), line
+    assert "RECALLQ_AMQP_URL" in line and "secret" not in output
+    assert "not reachable yet" not in output  # no retry
+
+
+async def test_a_broker_port_that_never_answers_is_given_up_on(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A connect that hangs (a port that accepts and never speaks AMQP) ends at the
+    wait's deadline: RECALLQ_CONNECT_WAIT_S plus a margin for one attempt (5 s)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"amqp://guest:secret@127.0.0.1:{silent.getsockname()[1]}/"
+        command = with_files(["bulk", "IN", "--output", "OUT"], tmp_path)
+        status, output, seconds = await run_recallq(command, environment(store_url, url, 1), 30)
+    assert status == 2 and seconds < 15, output[-2000:]
+    line = the_line(output)
+    assert line.startswith("recallq bulk: the broker at amqp://guest:***@127.0.0.1:")
+    assert "did not answer within 6 s" in line and "RECALLQ_CONNECT_WAIT_S" in line
+    assert "secret" not in output
+
+
+async def test_a_store_path_under_a_file_names_the_store_not_the_broker(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    store = f"sqlite:///{tmp_path / 'a-file' / 'store.db'}"
+    source = tmp_path / "one.jsonl"
+    source.write_text(DEMO_MEMORIES.read_text().splitlines()[0] + "\n")
+    broker = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    status, output, _ = await run_recallq(
+        ["worker", "ingest", str(source)], environment(store, broker, 1.0), 180
+    )
+    assert status == 2, output[-2000:]
+    progress = re.compile(r"^(ingest:.*|\s*)$")  # tqdm's bar, redrawn after '\r'
+    line = the_line("\n".join(x for x in output.splitlines() if not progress.match(x)))
+    assert line.startswith(f"recallq worker ingest: store {store}: "), line
+    assert str(tmp_path / "a-file") in line and line.endswith("check RECALLQ_STORE_URL")
+    assert "broker" not in line and "RECALLQ_AMQP_URL" not in line
 
 
 @pytest.fixture
@@ -80,9 +204,9 @@ def late_node() -> Iterator[LocalNode]:
 
 
 async def test_a_worker_started_before_its_broker_waits_and_then_serves(
-    tmp_path: Path, late_node: LocalNode
+    store_url: str, late_node: LocalNode
 ) -> None:
-    env = environment(tmp_path, late_node.url, 300.0)
+    env = environment(store_url, late_node.url, 300.0)
     worker = await asyncio.create_subprocess_exec(
         RECALLQ, "worker", "run", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -107,12 +231,8 @@ async def test_a_worker_started_before_its_broker_waits_and_then_serves(
 
 
 async def run_worker(env: dict[str, str]) -> tuple[int | None, str]:
-    process = await asyncio.create_subprocess_exec(
-        RECALLQ, "worker", "run", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), timeout=180)
-    return process.returncode, err.decode()
+    status, output, _ = await run_recallq(["worker", "run"], env, 180)
+    return status, output
 
 
 def the_line(err: str) -> str:
@@ -122,9 +242,9 @@ def the_line(err: str) -> str:
 
 
 async def test_an_unreachable_store_is_one_line_naming_its_setting(
-    tmp_path: Path, amqp_url: str
+    store_url: str, amqp_url: str
 ) -> None:
-    env = {**environment(tmp_path, amqp_url, 1.0),
+    env = {**environment(store_url, amqp_url, 1.0),
            "RECALLQ_STORE_URL": f"mongodb://reader:secret@127.0.0.1:{free_port()}/",
            "RECALLQ_MONGO_SERVER_SELECTION_TIMEOUT_MS": "300"}  # fmt: skip
     status, err = await run_worker(env)
@@ -137,13 +257,13 @@ async def test_an_unreachable_store_is_one_line_naming_its_setting(
 
 
 async def test_a_busy_metrics_port_is_one_line_naming_its_setting(
-    tmp_path: Path, amqp_url: str
+    store_url: str, amqp_url: str
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**environment(tmp_path, amqp_url, 1.0), "RECALLQ_METRICS_PORT": str(port)}
+        env = {**environment(store_url, amqp_url, 1.0), "RECALLQ_METRICS_PORT": str(port)}
         status, err = await run_worker(env)
     assert status == 2
     line = the_line(err)
