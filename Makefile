@@ -42,7 +42,7 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(PY) -m schemas export
-	$(PY) -m worker.settings_table --write README.md
+	$(PY) -m worker.admin.settings_table --write README.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.messages import RetrievalRequest, RetrievalResponse, Timings
-from worker.encoders import EncoderSpec, load_encoder
+from worker.embedding.backends import EncoderSpec, load_encoder
 from worker.rank import rank
 from worker.store import Candidate, Memory
 

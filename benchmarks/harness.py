@@ -49,7 +49,7 @@ FULL = Plan(idle_calls=200, saturated_s=30, rate_s=10)
 async def embed_ceiling(workload: Workload, plan: Plan, batch: int = 64) -> dict[str, Any]:
     """The model alone, as the worker runs it (its backend, its lanes side by side),
     encoding the workload's queries in batches of `batch`."""
-    from worker.embed import Embedder
+    from worker.embedding.embedder import Embedder
 
     embedder = Embedder.load(WorkerSettings().encoder_spec(), cache_size=0)
     texts = [q for q, _ in workload.queries(plan.ceiling_queries, salt="ceiling")]

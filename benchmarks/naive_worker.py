@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from benchmarks.baseline import BaselineRetriever
 from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, RetrievalRequest
 from schemas.settings import BrokerSettings
-from worker.encoders import EncoderSpec
+from worker.embedding.backends import EncoderSpec
 
 
 async def serve(db_path: Path) -> None:

@@ -38,7 +38,7 @@ def agreement_at_k(reference: list[set[int]], candidate: list[set[int]]) -> floa
 
 def compare(quantize_spec: Any, reference_spec: Any, k: int = 5) -> dict[str, Any]:
     """Speed (batch 64) and recall@k of int8 against fp32, both on ONNX Runtime."""
-    from worker.encoders import load_encoder
+    from worker.embedding.backends import load_encoder
 
     corpus, queries = demo_texts()
     result: dict[str, Any] = {"queries": len(queries), "corpus": len(corpus), "k": k}

@@ -12,8 +12,8 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from tests.oracle import Oracle
-from worker.embed import Embedder, EncoderSpec, bundled_model_path
-from worker.ingest import ingest_file
+from worker.admin.ingest import ingest_file
+from worker.embedding.embedder import Embedder, EncoderSpec, bundled_model_path
 from worker.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,11 @@ import structlog
 
 from schemas.connect import exit_in_one_line, retry_while
 from schemas.logs import configure_logging
-from worker.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
-from worker.embed import Embedder
-from worker.encoders import load_encoder, resolved
+from worker.admin.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
+from worker.admin.ingest import ingest_file
+from worker.embedding.backends import load_encoder, resolved
+from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError, StoreUnavailable
-from worker.ingest import ingest_file
 from worker.service import Worker, stop_on_signals, unless_stopped
 from worker.settings import WorkerSettings
 from worker.startup import failure_line

@@ -23,14 +23,14 @@ from schemas.messages import (
     RetrievalResponse,
 )
 from schemas.topology import Topology
+from worker.access.profiles import Profile, load_profile
+from worker.access.tenants import TenantPolicy
 from worker.batch import Batcher, Lane
 from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage, describe_validation_error
 from worker.metrics import Metrics
 from worker.outcomes import Crashed, Expired, Outcome, Refused
 from worker.pipeline import expired, past_deadline
-from worker.profiles import Profile, load_profile
 from worker.reply import Envelope, delivery_count, safe_request_id
-from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)

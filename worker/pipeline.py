@@ -26,10 +26,10 @@ from schemas.messages import (
     RetrievalResponse,
     Timings,
 )
+from worker.access.profiles import Profile
 from worker.errors import RecallqError, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, Outcome
-from worker.profiles import Profile
 from worker.retry import Deadline, deadlines_for, with_deadlines
 from worker.search import search_and_rank
 from worker.store.base import MemoryStore, Vectors

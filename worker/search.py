@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from schemas.messages import MemoryHit, RetrievalRequest
-from worker.profiles import MEMORY_ID, Profile
+from worker.access.profiles import MEMORY_ID, Profile
 from worker.rank import rank
 from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
 

@@ -22,9 +22,10 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from schemas.connect import connect_waiting
+from worker.access.tenants import TenantPolicy
 from worker.batch import Batcher, BatchLimits, Lane
 from worker.consume import Consumer, Delivery, Settle
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError, StoreUnavailable
 from worker.metrics import HealthServer, Metrics
 from worker.outcomes import Answered, NotNow, Outcome
@@ -34,7 +35,6 @@ from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore
 from worker.store.mongo import MongoStore
 from worker.store.sqlite import SQLiteStore
-from worker.tenants import TenantPolicy
 from worker.watchdog import Unsettled
 
 log = structlog.get_logger(__name__)

@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from schemas.settings import ENCODE_HINT, BrokerSettings, host_port, url_authority
-from worker.encoders import EncoderSpec
+from worker.access.profiles import SCOPE_FIELDS, Profile, load_profile
+from worker.embedding.backends import EncoderSpec
 from worker.errors import ConfigError
-from worker.profiles import SCOPE_FIELDS, Profile, load_profile
 
 SQLITE_PREFIX = "sqlite:///"
 MONGO_FORM = "mongodb://USER:PASSWORD@HOST:PORT,.../?OPTIONS or mongodb+srv://HOST/"

@@ -23,8 +23,8 @@ from schemas.messages import MemoryType
 from schemas.topology import Layout
 from tests.conftest import DEMO_MEMORIES
 from tests.integration.secantus import RestartableSecantus
-from worker.embed import Embedder
-from worker.ingest import ingest_file
+from worker.admin.ingest import ingest_file
+from worker.embedding.embedder import Embedder
 from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore, SearchGroup, SQLiteStore

@@ -22,7 +22,7 @@ from producer.client import RetrievalClient, RetrievalError
 from schemas.messages import RetrievalResponse
 from tests.integration.conftest import running_worker
 from tests.integration.test_bulk import read_results, write_input
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -20,7 +20,7 @@ from schemas.topology import Layout
 from tests.conftest import ROOT
 from tests.integration.conftest import running_worker
 from tests.oracle import Oracle, assert_hits_match
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -18,7 +18,7 @@ from benchmarks.rabbit_nodes import LocalNode, can_run_nodes, local_nodes
 from producer.client import RetrievalClient
 from tests.conftest import ROOT
 from tests.integration.conftest import running_worker
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -15,9 +15,9 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, RetrievalResponse
 from tests.integration.conftest import declare_topology, running_worker
 from tests.integration.test_invalid_messages import next_message
-from worker import dead_letters
-from worker.dead_letters import DeadLetter
-from worker.embed import Embedder
+from worker.admin import dead_letters
+from worker.admin.dead_letters import DeadLetter
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 
 
 def test_vectors_are_normalised_and_duplicates_share_one_row(embedder: Embedder) -> None:

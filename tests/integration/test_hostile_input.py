@@ -18,7 +18,7 @@ from producer.client import RetrievalClient
 from schemas.messages import SCHEMA_HEADER, ErrorCode, MemoryType, RetrievalResponse
 from tests.integration.conftest import running_worker
 from tests.oracle import Oracle, assert_hits_match
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from producer.client import RetrievalClient
 from schemas.messages import SCHEMA_HEADER, ErrorCode, RetrievalResponse
 from tests.integration.conftest import running_worker
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

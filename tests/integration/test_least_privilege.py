@@ -28,8 +28,8 @@ from schemas.topology import Layout
 from tests.integration.conftest import running_worker
 from tests.integration.test_invalid_messages import next_message
 from tests.integration.test_tenants import as_user, rabbitmqctl
-from worker.definitions import BrokerUser, build_definitions
-from worker.embed import Embedder
+from worker.admin.definitions import BrokerUser, build_definitions
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

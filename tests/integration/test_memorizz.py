@@ -19,9 +19,9 @@ from producer.client import RetrievalClient
 from schemas.messages import MemoryHit, RankWeights
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
-from worker.embed import Embedder
-from worker.encoders import bundled_model_path
-from worker.profiles import load_profile
+from worker.access.profiles import load_profile
+from worker.embedding.backends import bundled_model_path
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store.mongo import MongoStore
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from producer.client import Query, RetrievalClient
 from tests.integration.conftest import running_worker
 from tests.stores import WrappedStore
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import GroupResult, SearchGroup, SQLiteStore
 

@@ -18,7 +18,7 @@ from tests.conftest import DEMO_MEMORIES, ROOT
 from tests.integration.conftest import mongo_settings, running_worker, seeded_mongo_store
 from tests.integration.secantus import RestartableSecantus
 from tests.oracle import Oracle
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore, SQLiteStore

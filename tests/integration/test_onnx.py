@@ -16,10 +16,10 @@ import pytest
 
 from benchmarks.quantize import agreement_at_k, demo_texts, top_k_sets
 from tests.conftest import ROOT
-from worker.encoders import EncoderSpec, bundled_model_path, load_encoder, onnx_export
-from worker.encoders.onnx_backend import OnnxEncoder
-from worker.encoders.onnx_export import GRAPH, TOKENIZER, Export, prepared
-from worker.encoders.torch_backend import TorchEncoder
+from worker.embedding.backends import EncoderSpec, bundled_model_path, load_encoder, onnx_export
+from worker.embedding.onnx_backend import OnnxEncoder
+from worker.embedding.onnx_export import GRAPH, TOKENIZER, Export, prepared
+from worker.embedding.torch_backend import TorchEncoder
 
 # recall@5 of int8 against fp32 on the demo set measured 0.915 here (per-tensor scales:
 # 0.84). The floor leaves room for CPU-dependent int8 kernels and still fails a
@@ -124,7 +124,7 @@ def test_a_damaged_cache_entry_is_detected_and_exported_again(
 PREPARE = """
 import sys
 from pathlib import Path
-from worker.encoders import onnx_export
+from worker.embedding.backends import onnx_export
 calls = []
 real = onnx_export._export
 onnx_export._export = lambda model, out: (calls.append(1), real(model, out))

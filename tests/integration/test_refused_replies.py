@@ -19,7 +19,7 @@ from schemas.messages import CONTENT_TYPE, SCHEMA_HEADER, RetrievalResponse
 from schemas.topology import DELIVERY_LIMIT
 from tests.integration.conftest import running_worker
 from tests.integration.test_invalid_messages import next_message
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

@@ -19,7 +19,7 @@ from schemas.messages import ErrorCode, MemoryType, RetrievalResponse
 from tests.integration.conftest import running_worker
 from tests.integration.test_invalid_messages import next_message
 from tests.stores import WrappedStore
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import StoreUnavailable
 from worker.settings import WorkerSettings
 from worker.store import GroupResult, Memory, SearchGroup, SQLiteStore

@@ -13,7 +13,7 @@ from schemas.messages import MemoryType, RankWeights
 from schemas.topology import Layout
 from tests.integration.conftest import declare_topology, running_worker
 from tests.oracle import Oracle, assert_hits_match
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

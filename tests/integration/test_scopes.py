@@ -15,7 +15,7 @@ from producer.client import RetrievalClient
 from schemas.messages import ErrorCode
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError
 from worker.settings import WorkerSettings
 from worker.store.base import SearchGroup

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from schemas.messages import MemoryType
 from tests.oracle import Oracle
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.store import Memory, MemoryStore, SearchGroup
 
 TYPES = ("conversation_memory", "long_term_memory", "procedural_memory")

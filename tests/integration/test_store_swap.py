@@ -25,8 +25,8 @@ from schemas.messages import ErrorCode, RankWeights, RetrievalResponse
 from tests.conftest import DEMO_MEMORIES
 from tests.integration.conftest import running_worker
 from tests.oracle import Oracle
-from worker.embed import Embedder
-from worker.ingest import ingest_file
+from worker.admin.ingest import ingest_file
+from worker.embedding.embedder import Embedder
 from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore

@@ -26,7 +26,7 @@ from schemas.messages import (
 from tests.integration.conftest import running_worker
 from tests.integration.test_invalid_messages import next_message
 from tests.integration.test_metrics import until
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 

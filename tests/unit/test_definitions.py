@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from schemas.topology import Topology
-from worker.definitions import BrokerUser, build_definitions, parse_users, password_hash
+from worker.admin.definitions import BrokerUser, build_definitions, parse_users, password_hash
 from worker.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from worker.encoders import EncoderSpec, resolved
+from worker.embedding.backends import EncoderSpec, resolved
 from worker.settings import WorkerSettings
 
 

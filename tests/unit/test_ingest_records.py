@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.messages import MemoryType
-from worker.ingest import IngestReport, read_records
+from worker.admin.ingest import IngestReport, read_records
 
 
 def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from schemas.messages import ErrorCode, MemoryType, RetrievalRequest
 from tests.oracle import Oracle, assert_hits_match
 from tests.stores import WrappedStore
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.outcomes import Answered, Crashed, Expired, Outcome, Refused
 from worker.pipeline import Stages, process, process_isolated

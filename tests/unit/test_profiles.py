@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.messages import RetrievalRequest
+from worker.access.profiles import load_profile
 from worker.errors import ConfigError, InvalidMessage
-from worker.profiles import load_profile
 from worker.search import build_groups
 from worker.settings import WorkerSettings
 

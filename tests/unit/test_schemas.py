@@ -27,7 +27,7 @@ from schemas.messages import (
 )
 from schemas.settings import BrokerSettings
 from schemas.topology import Layout, Topology
-from worker.settings_table import render_permissions, render_settings_table
+from worker.admin.settings_table import render_permissions, render_settings_table
 
 GOOD: dict[str, Any] = {
     "request_id": "r-1",

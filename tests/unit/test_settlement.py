@@ -25,7 +25,7 @@ from schemas.topology import DELIVERY_LIMIT, Topology
 from tests.stores import WrappedStore
 from worker.batch import Batcher, Lane
 from worker.consume import Consumer, Delivery
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.access.tenants import TenantPolicy
 from worker.errors import ConfigError, Forbidden
-from worker.tenants import TenantPolicy
 
 POLICY = TenantPolicy.model_validate(
     {

@@ -20,8 +20,8 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
+from worker.access.profiles import MEMORY_ID
 from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
-from worker.profiles import MEMORY_ID
 from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group

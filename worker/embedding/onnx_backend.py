@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worker.encoders.onnx_export import Export
+from worker.embedding.onnx_export import Export
 from worker.vectors import Vectors
 
 

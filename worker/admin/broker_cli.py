@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker import dead_letters
-from worker.definitions import build_definitions, parse_users
+from worker.admin import dead_letters
+from worker.admin.definitions import build_definitions, parse_users
 from worker.settings import WorkerSettings
 
 BROKER_COMMANDS = ("definitions", "dead-letters")

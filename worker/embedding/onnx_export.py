@@ -139,7 +139,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _export(model_dir: Path, out: Path) -> None:
-    from worker.encoders.torch_backend import load_sentence_transformer
+    from worker.embedding.torch_backend import load_sentence_transformer
 
     model = load_sentence_transformer(str(model_dir), "cpu")
     names = _input_names(model)

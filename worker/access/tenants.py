@@ -34,8 +34,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from worker.access.profiles import MEMORY_ID
 from worker.errors import ConfigError, Forbidden
-from worker.profiles import MEMORY_ID
 
 
 class UserRules(BaseModel):

@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from worker.encoders import Encoder, EncoderSpec, bundled_model_path, load_encoder, resolved
+from worker.embedding.backends import (
+    Encoder,
+    EncoderSpec,
+    bundled_model_path,
+    load_encoder,
+    resolved,
+)
 from worker.threads import single_thread
 from worker.vectors import Vectors
 

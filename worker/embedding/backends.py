@@ -115,11 +115,11 @@ def _load(spec: EncoderSpec, name: str) -> Encoder:
     if backend == "torch":
         if spec.quantize != "none":
             raise ValueError("RECALLQ_EMBED_QUANTIZE=int8 needs the onnx backend")
-        from worker.encoders.torch_backend import TorchEncoder
+        from worker.embedding.torch_backend import TorchEncoder
 
         return TorchEncoder(name, device)
-    from worker.encoders.onnx_backend import OnnxEncoder
-    from worker.encoders.onnx_export import default_cache_dir, prepared
+    from worker.embedding.onnx_backend import OnnxEncoder
+    from worker.embedding.onnx_export import default_cache_dir, prepared
 
     if not os.path.isdir(name):
         name = _local_snapshot(name)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from schemas.messages import MemoryType
-from worker.embed import Embedder
+from worker.embedding.embedder import Embedder
 from worker.errors import describe_validation_error
 from worker.store.base import Memory, MemoryStore
 
