@@ -31,6 +31,8 @@ from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPConnectionError, AMQPError, AuthenticationError, InvalidFrameError
 from aiormq.exceptions import ProbableAuthenticationError as _AuthRefused
 
+from schemas.backoff import delays
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 MAX_DELAY_S = 5.0
@@ -155,8 +157,7 @@ async def retry_while(
     `retryable` accepts, for up to `wait_s` seconds, each retry logged as `{what} not
     reachable yet`; then the last error propagates. Used for the broker and the store."""
     deadline = time.monotonic() + wait_s
-    delay = 0.5
-    while True:
+    for delay in delays(0.5, MAX_DELAY_S):
         try:
             return await call()
         except Exception as exc:
@@ -170,7 +171,7 @@ async def retry_while(
                 error=str(exc.args[-1] if exc.args else exc),
             )
             await asyncio.sleep(min(delay, left))
-            delay = min(2 * delay, MAX_DELAY_S)
+    raise AssertionError("unreachable: delays() never ends")
 
 
 async def connect_waiting(
