@@ -6,6 +6,7 @@ from producer.client import (
     RetrievalClient,
     RetrievalError,
     RetrievalOverloaded,
+    RetrievalRefused,
     RetrievalTimeout,
     RetrievalUnavailable,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "RetrievalClient",
     "RetrievalError",
     "RetrievalOverloaded",
+    "RetrievalRefused",
     "RetrievalTimeout",
     "RetrievalUnavailable",
 ]

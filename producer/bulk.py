@@ -27,20 +27,19 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from aio_pika.exceptions import DeliveryError
-from pydantic import ValidationError
+from aio_pika.exceptions import AMQPError, DeliveryError
 from tqdm import tqdm
 
-from producer.client import PUBLISH_ERRORS, request_message
+from producer.client import RetrievalRefused, connect_client
 from producer.jobfiles import Plan, read_plan, write_bad_lines, written_request_ids
-from schemas.connect import connect_waiting
-from schemas.messages import (
-    RetrievalRequest,
-    RetrievalResponse,
-)
+from schemas.backoff import delays
+from schemas.messages import RetrievalRequest, RetrievalResponse
 from schemas.settings import BrokerSettings
+from schemas.wire import TRANSIENT_AMQP_ERRORS, WireError, read_reply, request_message
 
 log = structlog.get_logger(__name__)
+# An ack fails when its channel was lost or closed by the broker: either way unacked.
+ACK_LOST: tuple[type[Exception], ...] = (*TRANSIENT_AMQP_ERRORS, AMQPError)
 
 
 def default_job_id(input_path: Path, output_path: Path) -> str:
@@ -57,6 +56,7 @@ class BulkSummary:
     written: int = 0  # results written by this run
     duplicates_dropped: int = 0
     untrusted_dropped: int = 0  # results not sent by a trusted worker identity
+    unreadable_dropped: int = 0  # not a result of this contract (frame or body)
     bad_lines: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -85,6 +85,7 @@ class BulkJob:
     window: int = 2048  # requests published and not yet answered
     progress: bool = True
     on_result: Callable[[RetrievalResponse], None] | None = None
+    connect_wait_s: float | None = None  # for a broker not up yet; RECALLQ_CLIENT_CONNECT_WAIT_S
 
     def __post_init__(self) -> None:
         self.job_id = self.job_id or default_job_id(self.input_path, self.output_path)
@@ -107,8 +108,8 @@ class BulkJob:
 
     async def _run(self, plan: Plan, todo: list[RetrievalRequest], summary: BulkSummary) -> None:
         topology = self.settings.topology
-        connection = await connect_waiting(
-            self.settings.amqp_url, self.settings.connect_wait_s, f"recallq-bulk {self.job_id}"
+        connection = await connect_client(
+            self.settings, self.connect_wait_s, f"recallq-bulk {self.job_id}"
         )
         async with connection:
             channel = await connection.channel(on_return_raises=True)
@@ -158,25 +159,28 @@ class BulkJob:
             await collector.window.acquire()
             if request.request_id not in collector.awaited:
                 continue  # its result from an earlier run arrived meanwhile
-            message = request_message(request, results.name, self.settings.amqp_user)
+            message = request_message(
+                request, reply_to=results.name, user_id=self.settings.amqp_user
+            )
             await publish_until_accepted(exchange, message, bulk_queue)
 
 
 async def publish_until_accepted(exchange: AbstractExchange, message: Message, queue: str) -> None:
     """A full bulk queue nacks the publish, a lost connection fails it: back off and offer
     it again. A request that did get in before the connection went is then queued twice;
-    its second result is dropped as a duplicate, so the output still has it once."""
-    delay = 0.1
-    while True:
+    its second result is dropped as a duplicate, so the output still has it once. A
+    broker's refusal (no permission, no such exchange) ends the job: RetrievalRefused."""
+    for delay in delays(0.1, 5.0):
         try:
             await exchange.publish(message, queue, mandatory=True)
             return
         except DeliveryError:
             log.info("bulk queue full; backing off", delay_s=delay)
-        except PUBLISH_ERRORS as exc:
+        except TRANSIENT_AMQP_ERRORS as exc:
             log.info("publish failed; retrying after reconnect", delay_s=delay, error=repr(exc))
+        except AMQPError as exc:
+            raise RetrievalRefused(f"the broker refused the request: {exc!r}") from None
         await asyncio.sleep(delay)
-        delay = min(2 * delay, 5.0)
 
 
 class _Collector:
@@ -209,9 +213,11 @@ class _Collector:
             await _ack(message)
             return
         try:
-            response = RetrievalResponse.model_validate_json(message.body)
-        except ValidationError:
-            log.warning("unreadable result dropped", correlation_id=message.correlation_id)
+            response = read_reply(message)
+        except WireError as exc:
+            self.summary.unreadable_dropped += 1
+            log.warning("unreadable result dropped", error=str(exc),
+                        correlation_id=message.correlation_id)  # fmt: skip
             await _ack(message)
             return
         if response.request_id not in self.awaited:
@@ -244,9 +250,9 @@ class _Collector:
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
-    """Ack, or leave it to the broker: an ack lost with its channel means a redelivery,
-    which the collector drops as a duplicate."""
+    """Ack, or leave it to the broker: an ack lost with its channel (lost, or closed by
+    the broker) means a redelivery, which the collector drops as a duplicate."""
     try:
         await message.ack()
-    except PUBLISH_ERRORS as exc:
+    except ACK_LOST as exc:
         log.info("ack lost with the connection; the result will be redelivered", error=repr(exc))

@@ -17,7 +17,7 @@ from producer.bulk import BulkJob, BulkSummary
 from producer.client import RetrievalClient, RetrievalError, RetrievalTimeout
 from schemas.connect import broker_line, exit_in_one_line
 from schemas.logs import configure_logging
-from schemas.messages import MemoryType, RetrievalResponse
+from schemas.messages import NAME_PATTERN, MemoryType, RetrievalResponse
 from schemas.settings import BrokerSettings, settings_error_line
 
 DEFAULT_LIMITS = {
@@ -25,14 +25,14 @@ DEFAULT_LIMITS = {
     MemoryType.LONG_TERM.value: 3,
     MemoryType.PROCEDURAL.value: 3,
 }
-TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+TYPE_NAME = re.compile(NAME_PATTERN)  # the wire's rule for memory type names
 
 
 def parse_limit(text: str) -> tuple[str, int]:
     """TYPE=N; which types a worker serves is its store profile's (it names them when
     refusing one)."""
     name, _, count = text.partition("=")
-    if not TYPE_NAME.match(name) or not (count or "5").isdigit():
+    if not TYPE_NAME.fullmatch(name) or not (count or "5").isdigit():
         raise argparse.ArgumentTypeError("expected TYPE=N, TYPE a memory type such as "
                                          "conversation_memory")  # fmt: skip
     return name, int(count or 5)
@@ -72,6 +72,8 @@ def failure_line(exc: Exception, amqp_url: str) -> str | None:
     explanation for what the broker client raised only, never for a file."""
     if (line := broker_line(exc, amqp_url)) is not None:
         return line
+    if isinstance(exc, RetrievalError):  # a bulk job's publish the broker refused
+        return str(exc)
     if isinstance(exc, OSError) and isinstance(exc.filename, str):
         return f"cannot use {exc.filename} ({exc.strerror}): check the input and --output paths"
     return None

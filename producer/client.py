@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-import aiormq
 import structlog
-from aio_pika import DeliveryMode, Message
+from aio_pika import Message
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -25,13 +24,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, DeliveryError
-from pydantic import ValidationError
 
 from schemas.connect import connect_waiting
 from schemas.messages import (
-    CONTENT_TYPE,
-    SCHEMA_HEADER,
-    SCHEMA_VERSION,
     ErrorCode,
     MemoryType,
     RankWeights,
@@ -39,17 +34,12 @@ from schemas.messages import (
     RetrievalResponse,
 )
 from schemas.settings import BrokerSettings
+from schemas.wire import TRANSIENT_AMQP_ERRORS, WireError, read_reply, request_message
 
 log = structlog.get_logger(__name__)
 
 Limits = Mapping[MemoryType, int] | Mapping[str, int]
-# What a publish raises while the connection is down or being restored.
-PUBLISH_ERRORS = (
-    AMQPError,
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-)
+CLIENT_WAIT = "RECALLQ_CLIENT_CONNECT_WAIT_S"
 
 
 class RetrievalError(Exception):
@@ -75,6 +65,13 @@ class RetrievalUnavailable(RetrievalError):
     """The broker connection failed while publishing; it reconnects by itself."""
 
 
+class RetrievalRefused(RetrievalError):
+    """The broker refused the publish itself (not a full queue): no permission to publish
+    there, no such exchange, a message over its size limit. The same again would fail."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class Query:
     """What to retrieve: one query text, one memory_id, a hit limit per memory type, and
@@ -88,28 +85,30 @@ class Query:
     filters: Mapping[str, str] | None = None
 
 
-def request_message(
-    request: RetrievalRequest,
-    reply_to: str,
-    user_id: str,
-    *,
-    expiration: float | None = None,
-    traceparent: str | None = None,
-) -> Message:
-    """A request as the wire contract frames it (RPC calls and bulk jobs alike): JSON,
-    correlation_id = request_id, the schema header, persistent, the sender's login as
-    user_id (the broker checks it)."""
-    return Message(
-        request.model_dump_json(exclude_none=True).encode(),
-        content_type=CONTENT_TYPE,
-        correlation_id=request.request_id,
-        reply_to=reply_to,
-        user_id=user_id,
-        headers={SCHEMA_HEADER: SCHEMA_VERSION}
-        | ({"traceparent": traceparent} if traceparent else {}),
-        delivery_mode=DeliveryMode.PERSISTENT,
-        expiration=expiration,
+async def connect_client(
+    settings: BrokerSettings, wait_s: float | None, connection_name: str
+) -> AbstractRobustConnection:
+    """The broker connection of an RPC client or a bulk job: a person is usually
+    waiting, so by default it waits RECALLQ_CLIENT_CONNECT_WAIT_S (seconds, not a
+    worker's minute) and logs the first retry only."""
+    setting = CLIENT_WAIT if wait_s is None else "the client's connect_wait_s"
+    wait = settings.client_connect_wait_s if wait_s is None else wait_s
+    return await connect_waiting(
+        settings.amqp_url, wait, connection_name, wait_setting=setting, each_retry=False
     )
+
+
+def publish_failure(exc: Exception) -> RetrievalError | None:
+    """What a failed request publish means to a caller: a full queue (the broker nacked
+    it), a lost connection (it comes back by itself) or a refusal; None for anything
+    that is not the broker's answer."""
+    if isinstance(exc, DeliveryError):  # nacked: reject-publish on a full queue
+        return RetrievalOverloaded("the request queue is full; retry later")
+    if isinstance(exc, TRANSIENT_AMQP_ERRORS):
+        return RetrievalUnavailable(f"publish failed: {exc!r}; retry later")
+    if isinstance(exc, AMQPError):
+        return RetrievalRefused(f"the broker refused the request: {exc!r}")
+    return None
 
 
 class RetrievalClient:
@@ -119,12 +118,17 @@ class RetrievalClient:
         *,
         client_id: str | None = None,
         timeout: float = 10.0,
+        connect_wait_s: float | None = None,
     ) -> None:
+        """`connect_wait_s`: how long to wait for a broker not reachable yet; default
+        RECALLQ_CLIENT_CONNECT_WAIT_S."""
         self.settings = settings or BrokerSettings()
         self.client_id = client_id or uuid.uuid4().hex
         self.timeout = timeout
-        self.dropped_replies = 0
+        self.connect_wait_s = connect_wait_s
+        self.dropped_replies = 0  # duplicate or late
         self.rejected_replies = 0  # not from a trusted worker identity
+        self.unreadable_replies = 0  # not a reply of this contract (frame or body)
         self._topology = self.settings.topology
         self._pending: dict[str, asyncio.Future[RetrievalResponse]] = {}
         self._connection: AbstractRobustConnection | None = None
@@ -148,10 +152,16 @@ class RetrievalClient:
         return self._topology.reply(self.client_id).name
 
     async def connect(self) -> None:
-        connection = await connect_waiting(
-            self.settings.amqp_url, self.settings.connect_wait_s, f"recallq-client {self.client_id}"
-        )
-        self._connection = connection
+        name = f"recallq-client {self.client_id}"
+        self._connection = await connect_client(self.settings, self.connect_wait_s, name)
+        try:
+            await self._open(self._connection)
+        except BaseException:
+            await self.close()  # `async with` does not close what its enter raised in
+            raise
+
+    async def _open(self, connection: AbstractRobustConnection) -> None:
+        """The channel, the topology check and the reply queue's consumer."""
         self._channel = await connection.channel(on_return_raises=True)
         await self._topology.prepare_client(self._channel)
         reply = self._topology.reply(self.client_id)
@@ -194,12 +204,11 @@ class RetrievalClient:
         try:
             exchange = await self._topology.request_exchange(self._channel)
             await exchange.publish(message, self._topology.requests.name, mandatory=True)
-        except DeliveryError:
+        except Exception as exc:
             future.cancel()
-            raise RetrievalOverloaded("the request queue is full; retry later") from None
-        except PUBLISH_ERRORS as exc:
-            future.cancel()
-            raise RetrievalUnavailable(f"publish failed: {exc!r}; retry later") from None
+            if (failure := publish_failure(exc)) is None:
+                raise
+            raise failure from None
         except BaseException:
             future.cancel()
             raise
@@ -210,8 +219,13 @@ class RetrievalClient:
     ) -> Message:
         # The broker drops the request once its caller has given up: it never reaches
         # the model (quorum queues honour per-message TTL from 3.10).
-        return request_message(request, self.reply_queue_name, self.settings.amqp_user,
-                               expiration=max(timeout, 0.001), traceparent=traceparent)  # fmt: skip
+        return request_message(
+            request,
+            reply_to=self.reply_queue_name,
+            user_id=self.settings.amqp_user,
+            expiration=max(timeout, 0.001),
+            trace_headers={"traceparent": traceparent} if traceparent else None,
+        )
 
     def _forget(self, request_id: str, future: asyncio.Future[RetrievalResponse]) -> None:
         if self._pending.get(request_id) is future:
@@ -265,9 +279,11 @@ class RetrievalClient:
                         request_id=message.correlation_id)  # fmt: skip
             return
         try:
-            response = RetrievalResponse.model_validate_json(message.body)
-        except ValidationError as exc:
-            log.warning("unreadable reply dropped", error=str(exc).splitlines()[0])
+            response = read_reply(message)
+        except WireError as exc:
+            self.unreadable_replies += 1
+            log.warning("unreadable reply dropped", error=str(exc),
+                        request_id=message.correlation_id)  # fmt: skip
             return
         future = self._pending.get(response.request_id)
         if future is None or future.done():

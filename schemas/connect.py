@@ -32,12 +32,14 @@ from aiormq.exceptions import AMQPConnectionError, AMQPError, AuthenticationErro
 from aiormq.exceptions import ProbableAuthenticationError as _AuthRefused
 
 from schemas.backoff import delays
+from schemas.topology import TopologyMissing
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 MAX_DELAY_S = 5.0
-# Past RECALLQ_CONNECT_WAIT_S, what one last attempt (TCP, TLS, the AMQP handshake)
-# may take before the whole wait gives up.
+WORKER_WAIT = "RECALLQ_CONNECT_WAIT_S"  # the wait's setting a worker reads
+# Past the wait, what one last attempt (TCP, TLS, the AMQP handshake) may take before
+# the whole wait gives up.
 ATTEMPT_MARGIN_S = 5.0
 # getaddrinfo errors a resolver may get past by itself (a DNS server starting or away);
 # any other (EAI_NONAME: no such name) will not mend.
@@ -108,10 +110,10 @@ def explain(exc: BaseException, url: str) -> str | None:
 
 
 def broker_line(exc: BaseException, url: str) -> str | None:
-    """One line for what the broker client raised (connect_waiting's StartupError, an
-    aio-pika or aiormq error); None for anything else: a file, a store or a bug is not
-    the broker's to explain."""
-    if isinstance(exc, StartupError):
+    """One line for what the broker client raised (connect_waiting's StartupError, a
+    least-privilege topology nobody declared, an aio-pika or aiormq error); None for
+    anything else: a file, a store or a bug is not the broker's to explain."""
+    if isinstance(exc, StartupError | TopologyMissing):
         return str(exc)
     if isinstance(exc, AMQPError):
         return explain(exc, url)
@@ -152,22 +154,29 @@ async def retry_while(
     wait_s: float,
     what: str,
     url: str,
+    *,
+    each_retry: bool = True,
 ) -> T:
     """`call()`, again after a backoff (0.5 s doubling to 5 s) while it raises what
     `retryable` accepts, for up to `wait_s` seconds, each retry logged as `{what} not
-    reachable yet`; then the last error propagates. Used for the broker and the store."""
+    reachable yet` (an operator reads a worker's log), or with `each_retry` False only
+    the first (a person waits for a command); then the last error propagates. Used for
+    the broker and the store."""
     deadline = time.monotonic() + wait_s
-    for delay in delays(0.5, MAX_DELAY_S):
+    for attempt, delay in enumerate(delays(0.5, MAX_DELAY_S)):
         try:
             return await call()
         except Exception as exc:
             left = deadline - time.monotonic()
             if not retryable(exc) or left <= 0:
                 raise
-            log.warning(
+            level = logging.WARNING if each_retry or attempt == 0 else logging.DEBUG
+            log.log(
+                level,
                 f"{what} not reachable yet; retrying",
                 url=masked(url),
                 retry_in_s=round(min(delay, left), 1),
+                retry_for_s=round(left, 1),
                 error=str(exc.args[-1] if exc.args else exc),
             )
             await asyncio.sleep(min(delay, left))
@@ -175,11 +184,17 @@ async def retry_while(
 
 
 async def connect_waiting(
-    url: str, wait_s: float, connection_name: str
+    url: str,
+    wait_s: float,
+    connection_name: str,
+    *,
+    wait_setting: str = WORKER_WAIT,
+    each_retry: bool = True,
 ) -> AbstractRobustConnection:
     """A robust connection, waiting up to `wait_s` seconds for an unreachable broker and
     `wait_s` + ATTEMPT_MARGIN_S in all (a connect that hangs included); StartupError
-    saying what to check when it cannot be had."""
+    saying what to check when it cannot be had, `wait_setting` naming what sets the
+    wait. `each_retry`: see retry_while."""
 
     async def connect() -> AbstractRobustConnection:
         connection = aio_pika.RobustConnection(
@@ -199,19 +214,21 @@ async def connect_waiting(
     deadline = asyncio.timeout(None if math.isinf(wait_s) else wait_s + ATTEMPT_MARGIN_S)
     try:
         async with deadline:
-            return await retry_while(connect, unreachable, wait_s, "broker", url)
+            return await retry_while(
+                connect, unreachable, wait_s, "broker", url, each_retry=each_retry
+            )
     except Exception as exc:
         if deadline.expired():
             raise StartupError(
                 f"the broker at {masked(url)} did not answer within "
                 f"{wait_s + ATTEMPT_MARGIN_S:g} s: check RECALLQ_AMQP_URL (RabbitMQ's AMQP "
-                "port?) and RECALLQ_CONNECT_WAIT_S"
+                f"port?) and {wait_setting}"
             ) from exc
         message = explain(exc, url)
         if message is None:
             raise
         if unreachable(exc):  # it was retried until the wait ran out
-            message += f" (waited {wait_s:g} s: RECALLQ_CONNECT_WAIT_S)"
+            message += f" (waited {wait_s:g} s: {wait_setting})"
         raise StartupError(message) from exc
 
 

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
+from schemas.memory import meaning
+
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "x-recallq-schema"
 CONTENT_TYPE = "application/json"
@@ -194,6 +196,8 @@ class RetrievalRequest(BaseModel):
         return stripped
 
 
+# A hit's memory fields are those of schemas.memory.Memory marked `reply`, of the same
+# types (tags as a list); tests/unit/test_rank.py holds the two together.
 class MemoryHit(BaseModel):
     """One retrieved memory, best first within its memory type."""
 
@@ -202,9 +206,7 @@ class MemoryHit(BaseModel):
     content: str
     summary_content: str | None = None
     role: str | None = None
-    timestamp: float | None = Field(
-        default=None, description="Epoch seconds; null when the stored row has no time."
-    )
+    timestamp: float | None = Field(default=None, description=meaning("timestamp"))
     situational_tags: list[str] | None = None
     importance: float | None = None
     score: float = Field(description="Cosine similarity of query and memory, in [-1, 1].")

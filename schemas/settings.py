@@ -121,6 +121,12 @@ class BrokerSettings(BaseSettings):
         "store) that is not reachable yet, retrying with backoff and logging each retry; then "
         "exit 2 with one line naming what to check.",
     )
+    client_connect_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="The same wait for `recallq ask`, `recallq bulk` and the Python client: "
+        "short, as a person is usually waiting; a worker uses RECALLQ_CONNECT_WAIT_S.",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest log level written."

@@ -185,10 +185,11 @@ class Topology:
             return
         try:
             await channel.declare_exchange(self.submit_exchange, passive=True)
-        except Exception as exc:
+        except Exception:
             raise TopologyMissing(
                 f"exchange {self.submit_exchange} does not exist: start a worker (it declares "
-                f"the topology) or run `python -m worker definitions` ({exc!r})"
+                "the topology) or load the definitions (`recallq worker definitions --out "
+                "FILE`, then `rabbitmqctl import_definitions FILE`)"
             ) from None
 
     async def declare_private(self, channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.store import GroupResult, Memory, MemoryStore, SearchGroup, Vectors
+from worker.store.group_cache import GroupCacheStats
 
 
 class WrappedStore:
@@ -20,6 +21,17 @@ class WrappedStore:
     @property
     def usable(self) -> bool:
         return self.store.usable
+
+    @property
+    def on_skipped(self) -> Callable[[str, int], None]:
+        return self.store.on_skipped
+
+    @on_skipped.setter
+    def on_skipped(self, count: Callable[[str, int], None]) -> None:
+        self.store.on_skipped = count  # the wrapped store is the one that skips
+
+    def cache_stats(self) -> GroupCacheStats | None:
+        return self.store.cache_stats()
 
     async def connect(self) -> None:
         await self.store.connect()

@@ -15,15 +15,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Generic, TypeVar
 
+from worker.delivery import QueueLane
+
 T = TypeVar("T")
-
-
-class Lane(StrEnum):
-    INTERACTIVE = "interactive"
-    BULK = "bulk"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +48,14 @@ class Batcher(Generic[T]):
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._lanes: dict[Lane, deque[_Entry[T]]] = {lane: deque() for lane in Lane}
+        self._lanes: dict[QueueLane, deque[_Entry[T]]] = {lane: deque() for lane in QueueLane}
         self._changed = asyncio.Event()
         self._closed = False
 
     def __len__(self) -> int:
         return sum(len(queue) for queue in self._lanes.values())
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def put(self, item: T, lane: Lane, tokens: int = 1) -> None:
+    def put(self, item: T, lane: QueueLane, tokens: int = 1) -> None:
         self._lanes[lane].append(_Entry(item, max(1, tokens), self.clock()))
         self._changed.set()
 
@@ -74,7 +66,7 @@ class Batcher(Generic[T]):
 
     def drain(self) -> list[T]:
         """Everything still waiting, in lane order (used on shutdown to requeue)."""
-        items = [entry.item for lane in Lane for entry in self._lanes[lane]]
+        items = [entry.item for lane in QueueLane for entry in self._lanes[lane]]
         for queue in self._lanes.values():
             queue.clear()
         return items
@@ -109,10 +101,10 @@ class Batcher(Generic[T]):
     def _take(self) -> list[T]:
         batch: list[T] = []
         longest = 0
-        for lane in Lane:
+        for lane in QueueLane:
             queue = self._lanes[lane]
             cap = self.limits.max_requests
-            if lane is Lane.BULK and batch:
+            if lane is QueueLane.BULK and batch:
                 cap = min(cap, len(batch) + self.limits.bulk_top_up)
             if len(queue) > cap - len(batch) > 0 and self.limits.sort_window > 1:
                 _group_by_length(queue, cap - len(batch), self.limits.sort_window)

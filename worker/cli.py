@@ -140,7 +140,7 @@ async def _run(settings: WorkerSettings, *, burst: bool) -> None:
             log.info("stopped before serving")
             return
         log.info("store ready", **store.describe())
-        await Worker(settings, embedder, store).run(stop, burst=burst)
+        await Worker.from_settings(settings, embedder, store).run(stop, burst=burst)
 
 
 async def _init(settings: WorkerSettings) -> None:

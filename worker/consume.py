@@ -9,73 +9,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from pydantic import ValidationError
 
 from schemas.messages import (
-    CONTENT_TYPE,
-    SCHEMA_HEADER,
-    SCHEMA_VERSION,
     RetrievalRequest,
     RetrievalResponse,
 )
 from schemas.topology import Topology
+from schemas.wire import WireError, read_request
 from worker.access.profiles import Profile, load_profile
 from worker.access.tenants import TenantPolicy
-from worker.batch import Batcher, Lane
-from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage, describe_validation_error
+from worker.batch import Batcher
+from worker.deadlines import expired, past_deadline
+from worker.delivery import Delivery, Envelope, QueueLane, delivery_count, safe_request_id
+from worker.errors import Forbidden, ForeignReplyTo, InvalidMessage
 from worker.metrics import Metrics
 from worker.outcomes import Crashed, Expired, Outcome, Refused
-from worker.pipeline import expired, past_deadline
-from worker.reply import Envelope, delivery_count, safe_request_id
-from worker.watchdog import Unsettled
+from worker.unsettled import Unsettled
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A valid request and the envelope it came in, until the envelope is settled."""
-
-    request: RetrievalRequest
-    envelope: Envelope
-    tokens: int  # the embedder's estimate, for the batcher's padded-cost cap
-
-    @property
-    def received(self) -> float:
-        return self.envelope.received
-
-    @property
-    def lane(self) -> Lane:
-        return self.envelope.lane
-
-
 def decode(message: AbstractIncomingMessage, max_bytes: int) -> RetrievalRequest:
     """The request in `message`, or InvalidMessage saying what is wrong with it."""
-    if len(message.body) > max_bytes:
-        raise InvalidMessage(f"body is {len(message.body)} bytes, over the {max_bytes} limit")
-    if message.content_type not in (None, "", CONTENT_TYPE):
-        raise InvalidMessage(f"content_type must be {CONTENT_TYPE}, got {message.content_type!r}")
-    version = (message.headers or {}).get(SCHEMA_HEADER, SCHEMA_VERSION)
-    if type(version) is not int or version != SCHEMA_VERSION:  # True == 1, but is no version
-        raise InvalidMessage(
-            f"unsupported {SCHEMA_HEADER} {repr(version)[:40]}; this worker speaks 1"
-        )
+    try:
+        request = read_request(message, max_bytes)
+    except WireError as exc:
+        raise InvalidMessage(str(exc)) from None
     if not message.reply_to:
         raise InvalidMessage("reply_to is missing: there is nowhere to send the result")
-    try:
-        text = message.body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidMessage(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        return RetrievalRequest.model_validate_json(text)
-    except ValidationError as exc:
-        raise InvalidMessage(describe_validation_error(exc)) from None
-    except Exception as exc:  # a parser limit (nesting, size) is a problem of the body too
-        raise InvalidMessage(f"body cannot be parsed: {type(exc).__name__}") from None
+    return request
 
 
 Settle = Callable[[Envelope, Outcome], Awaitable[None]]
@@ -90,12 +55,13 @@ class Consumer:
 
     def __init__(
         self,
-        channels: dict[Lane, AbstractChannel],
+        *,
+        channels: dict[QueueLane, AbstractChannel],
         topology: Topology,
         batcher: Batcher[Delivery],
         count_tokens: Callable[[str], int],
         settle: Settle,
-        ledger: Unsettled,
+        unsettled: Unsettled,
         max_message_bytes: int,
         worker_id: str,
         metrics: Metrics,
@@ -113,13 +79,18 @@ class Consumer:
         self._batcher = batcher
         self._count_tokens = count_tokens
         self._settle = settle
-        self._ledger = ledger
-        self._queues: dict[Lane, AbstractQueue] = {}  # strong refs: robust reconnects need them
-        self._tags: dict[Lane, str] = {}
+        self._unsettled = unsettled
+        self._queues: dict[
+            QueueLane, AbstractQueue
+        ] = {}  # strong refs: robust reconnects need them
+        self._tags: dict[QueueLane, str] = {}
 
     async def start(self) -> None:
-        await self._topology.declare_shared(self._channels[Lane.INTERACTIVE])
-        specs = {Lane.INTERACTIVE: self._topology.requests, Lane.BULK: self._topology.bulk}
+        await self._topology.declare_shared(self._channels[QueueLane.INTERACTIVE])
+        specs = {
+            QueueLane.INTERACTIVE: self._topology.requests,
+            QueueLane.BULK: self._topology.bulk,
+        }
         for lane, spec in specs.items():
             self._queues[lane] = await spec.declare(self._channels[lane])
             self._tags[lane] = await self._queues[lane].consume(self._callback(lane))
@@ -140,16 +111,16 @@ class Consumer:
             total += declared.message_count or 0
         return total
 
-    def _callback(self, lane: Lane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    def _callback(self, lane: QueueLane) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self.receive(message, lane)
 
         return on_message
 
-    async def receive(self, message: AbstractIncomingMessage, lane: Lane) -> None:
+    async def receive(self, message: AbstractIncomingMessage, lane: QueueLane) -> None:
         """Open the delivery, then batch its request or settle it as refused (or crashed)."""
         received = time.monotonic()
-        self._ledger.opened(message, message.correlation_id or "")
+        self._unsettled.opened(message, message.correlation_id or "")
         if message.redelivered:
             self._note_redelivery(message)
         try:
@@ -163,7 +134,7 @@ class Consumer:
             await self._settle(self._envelope(message, lane, received), Crashed(repr(exc)))
 
     def _accept(
-        self, message: AbstractIncomingMessage, lane: Lane, received: float
+        self, message: AbstractIncomingMessage, lane: QueueLane, received: float
     ) -> Expired | None:
         """Batch the request; or Expired, when its caller has already given up (it then
         takes no batch slot: under overload the queue's tail is mostly such)."""
@@ -189,7 +160,9 @@ class Consumer:
         self._batcher.put(Delivery(request, envelope, tokens), lane, tokens)
         return None
 
-    def _envelope(self, message: AbstractIncomingMessage, lane: Lane, received: float) -> Envelope:
+    def _envelope(
+        self, message: AbstractIncomingMessage, lane: QueueLane, received: float
+    ) -> Envelope:
         return Envelope(message, lane, received, safe_request_id(message))
 
     def _refusal(self, envelope: Envelope, exc: InvalidMessage | Forbidden) -> Refused:

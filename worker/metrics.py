@@ -90,8 +90,9 @@ class Metrics:
             ["collection"], registry=r,
         )  # fmt: skip
 
-    def watch_store_cache(self, stats: Callable[[], GroupCacheStats]) -> None:
-        """The embedded store's group cache: size against its bound, and how often it hits."""
+    def watch_store_cache(self, stats: Callable[[], GroupCacheStats | None]) -> None:
+        """A store's group cache, where it keeps one (the embedded store): size against
+        its bound, and how often it hits."""
         self.registry.register(_StoreCacheCollector(stats))
 
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
@@ -119,11 +120,13 @@ class _CacheCollector:
 
 
 class _StoreCacheCollector:
-    def __init__(self, stats: Callable[[], GroupCacheStats]) -> None:
+    def __init__(self, stats: Callable[[], GroupCacheStats | None]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         s = self._stats()
+        if s is None:  # a store without a group cache
+            return
         prefix = "recallq_store_cache"
         yield GaugeMetricFamily(f"{prefix}_bytes", "Bytes of groups held.", value=s.bytes)
         yield GaugeMetricFamily(f"{prefix}_groups", "Groups held.", value=s.groups)

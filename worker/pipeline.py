@@ -19,7 +19,6 @@ from typing import Protocol
 import structlog
 
 from schemas.messages import (
-    ErrorCode,
     ErrorInfo,
     MemoryHit,
     RetrievalRequest,
@@ -27,6 +26,7 @@ from schemas.messages import (
     Timings,
 )
 from worker.access.profiles import Profile
+from worker.deadlines import expired, past_deadline
 from worker.errors import RecallqError, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, Outcome
@@ -51,7 +51,7 @@ class Queued(Protocol):
 
 
 @dataclass(frozen=True)
-class Stages:
+class Dependencies:
     """The model, the store, and how the pipeline uses them."""
 
     embed: Embed
@@ -77,7 +77,7 @@ class _Clock:
 
 
 async def process(
-    batch: Sequence[Queued], stages: Stages, embedded: asyncio.Event | None = None
+    batch: Sequence[Queued], deps: Dependencies, embedded: asyncio.Event | None = None
 ) -> list[Outcome]:
     """One outcome per request of `batch`, in order. Raises only for a bug or a poison request.
 
@@ -89,14 +89,14 @@ async def process(
     requests = [batch[i].request for i in live]
     try:
         if not live:  # nothing to embed, search or time
-            return [_expired(q, stages, "before work") for q in batch]
-        vectors = await stages.embed([r.query for r in requests])
+            return [_expired(q, deps, "before work") for q in batch]
+        vectors = await deps.embed([r.query for r in requests])
     finally:
         if embedded is not None:
             embedded.set()
     embedded_at = time.monotonic()
-    stages.metrics.embed_seconds.observe(embedded_at - started.mono)
-    found = dict(zip(live, await _search(requests, vectors, stages, started), strict=True))
+    deps.metrics.embed_seconds.observe(embedded_at - started.mono)
+    found = dict(zip(live, await _search(requests, vectors, deps, started), strict=True))
     timings = _BatchTimings(started, embedded_at, time.monotonic(), len(live))
     log.info(
         "batch done",
@@ -106,43 +106,43 @@ async def process(
         search_ms=round(timings.search_ms, 2),
     )
     return [
-        _outcome(q, found[i], stages, timings) if i in found else _expired(q, stages, "before work")
+        _outcome(q, found[i], deps, timings) if i in found else _expired(q, deps, "before work")
         for i, q in enumerate(batch)
     ]
 
 
 async def process_isolated(
-    batch: Sequence[Queued], stages: Stages, embedded: asyncio.Event | None = None
+    batch: Sequence[Queued], deps: Dependencies, embedded: asyncio.Event | None = None
 ) -> list[Outcome]:
     """`process`, except that a batch that raises is re-run request by request,
     and a lone request that raises has `Crashed`."""
     try:
-        return await process(batch, stages, embedded)
+        return await process(batch, deps, embedded)
     except Exception as exc:
         if len(batch) == 1:
             log.exception("request crashed", request_id=batch[0].request.request_id)
             return [Crashed(repr(exc))]
         log.exception("batch crashed; processing its requests one by one", size=len(batch))
-    return [(await process_isolated([queued], stages))[0] for queued in batch]
+    return [(await process_isolated([queued], deps))[0] for queued in batch]
 
 
 async def _search(
-    requests: list[RetrievalRequest], vectors: Vectors, stages: Stages, started: _Clock
+    requests: list[RetrievalRequest], vectors: Vectors, deps: Dependencies, started: _Clock
 ) -> list[Hits | RecallqError]:
     """Ranked hits per request, or the coded error that request ends with."""
     deadlines: list[Deadline] = deadlines_for(
-        requests, stages.store_retry_s, started.wall, started.mono
+        requests, deps.store_retry_s, started.wall, started.mono
     )
 
     async def search(pending: list[int]) -> list[Hits]:
         return await search_and_rank(
-            stages.store,
+            deps.store,
             [requests[i] for i in pending],
             vectors[pending],
-            candidate_factor=stages.candidate_factor,
+            candidate_factor=deps.candidate_factor,
             now=started.wall,
-            observe=stages.metrics.search_seconds.labels(store_mode=stages.store_mode).observe,
-            profile=stages.profile,
+            observe=deps.metrics.search_seconds.labels(store_mode=deps.store_mode).observe,
+            profile=deps.profile,
         )
 
     try:
@@ -170,12 +170,12 @@ class _BatchTimings:
 
 
 def _outcome(
-    queued: Queued, result: Hits | RecallqError, stages: Stages, timings: _BatchTimings
+    queued: Queued, result: Hits | RecallqError, deps: Dependencies, timings: _BatchTimings
 ) -> Outcome:
     """The response, built once with its timings: ok, or the request's coded error."""
     request = queued.request
     if past_deadline(request, time.time()):
-        return _expired(queued, stages, "while it was processed")
+        return _expired(queued, deps, "while it was processed")
     took = Timings(
         queue_ms=(timings.started.mono - queued.received) * 1000,
         embed_ms=timings.embed_ms,
@@ -190,7 +190,7 @@ def _outcome(
         error=_error_info(result) if isinstance(result, RecallqError) else None,
         timings=took,
         batch_size=timings.size,
-        worker_id=stages.worker_id,
+        worker_id=deps.worker_id,
     )
     return Answered(response)
 
@@ -199,16 +199,5 @@ def _error_info(error: RecallqError) -> ErrorInfo:
     return ErrorInfo(code=error.code, message=str(error), retryable=error.retryable)
 
 
-def _expired(queued: Queued, stages: Stages, when: str) -> Expired:
-    return expired(queued.request.request_id, stages.worker_id, when)
-
-
-def expired(request_id: str, worker_id: str, when: str) -> Expired:
-    response = RetrievalResponse.failure(
-        request_id, ErrorCode.EXPIRED, f"deadline passed {when}", worker_id=worker_id
-    )
-    return Expired(response)
-
-
-def past_deadline(request: RetrievalRequest, now_wall: float) -> bool:
-    return request.deadline_ms is not None and request.deadline_ms <= now_wall * 1000
+def _expired(queued: Queued, deps: Dependencies, when: str) -> Expired:
+    return expired(queued.request.request_id, deps.worker_id, when)

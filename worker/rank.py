@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from schemas.memory import FIELDS, REPLY_FIELDS
 from schemas.messages import MemoryHit, RankWeights
 from worker.store.base import Candidate, Memory
 
@@ -90,19 +91,16 @@ def _min_max(values: list[float]) -> list[float]:
     return [(value - low) / (high - low) for value in values]
 
 
+TAG_FIELDS = tuple(name for name in REPLY_FIELDS if FIELDS[name].kind == "tags")
+
+
 def _hit(candidate: Candidate, signal: float, memory_type: str | None) -> MemoryHit:
     memory = candidate.memory
+    values = {name: getattr(memory, name) for name in REPLY_FIELDS}  # the hit's memory fields
+    for name in TAG_FIELDS:  # a tuple in the store, a list on the wire
+        values[name] = list(values[name]) if values[name] else None
+    if memory_type:
+        values["memory_type"] = memory_type
     # model_construct: the fields come from the store and the ranker, not from a message,
     # and validating ~15 hits per request was 2% of the worker's time under load.
-    return MemoryHit.model_construct(
-        id=memory.id,
-        memory_type=memory_type or memory.memory_type,
-        content=memory.content,
-        summary_content=memory.summary_content,
-        role=memory.role,
-        timestamp=memory.timestamp,
-        situational_tags=list(memory.situational_tags) if memory.situational_tags else None,
-        importance=memory.importance,
-        score=candidate.score,
-        signal=signal,
-    )
+    return MemoryHit.model_construct(**values, score=candidate.score, signal=signal)

@@ -34,51 +34,25 @@ itself fails (its channel closed), the broker requeues the delivery.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
+import functools
 from enum import Enum
 
 import structlog
-from aio_pika import DeliveryMode, Message
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
+from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import AMQPError, PublishError
 
-from schemas.messages import (
-    CONTENT_TYPE,
-    MAX_SHORT_STRING_BYTES,
-    SCHEMA_HEADER,
-    SCHEMA_VERSION,
-    ErrorCode,
-    RetrievalResponse,
-)
+from schemas.messages import ErrorCode, RetrievalResponse
 from schemas.topology import DELIVERY_LIMIT, Topology
-from worker.batch import Lane
+from schemas.wire import TRANSIENT_AMQP_ERRORS, reply_message
+from worker.delivery import Envelope, QueueLane, delivery_count, trace_headers
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, NotNow, Outcome, Refused
-from worker.watchdog import Unsettled
+from worker.unsettled import Unsettled
 
 log = structlog.get_logger(__name__)
 MAX_REPLY_BYTES = 4 * 2**20
 
-# The connection (and with it the channel) failed under the publish: the same reply
-# may well go through on another try. A broker's refusal of this reply (a nack,
-# DeliveryError; a channel closed over it, ChannelClosed) is not in this list.
-TRANSIENT_ERRORS = (ConnectionError, ChannelInvalidStateError)
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-
-TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A delivery as settling needs it, valid or not."""
-
-    message: AbstractIncomingMessage
-    lane: Lane
-    received: float  # time.monotonic() at arrival
-    request_id: str  # the validated request's, else the best safe guess, else ""
 
 
 class Verdict(Enum):
@@ -88,50 +62,14 @@ class Verdict(Enum):
     LATER = "nack+requeue"  # not counted
 
 
-def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
-    """W3C trace context to carry from request to reply; anything malformed is dropped."""
-    headers = message.headers or {}
-    parent, state = headers.get("traceparent"), headers.get("tracestate")
-    if not (isinstance(parent, str) and TRACEPARENT.match(parent)):
-        return {}
-    carried = {"traceparent": parent}
-    if isinstance(state, str) and TRACESTATE.match(state):
-        carried["tracestate"] = state
-    return carried
-
-
-def delivery_count(message: AbstractIncomingMessage) -> int:
-    """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-        return count
-    return 1 if message.redelivered else 0
-
-
-def safe_request_id(message: AbstractIncomingMessage) -> str:
-    """The id to answer an undecodable message under: its correlation_id, else its body's."""
-    candidate: object = message.correlation_id
-    if not candidate:
-        try:
-            candidate = json.loads(message.body).get("request_id")
-        except Exception:  # deep nesting raises RecursionError, a list has no .get ...
-            return ""
-    if not isinstance(candidate, str):
-        return ""
-    try:
-        fits = 0 < len(candidate.encode("utf-8")) <= MAX_SHORT_STRING_BYTES
-    except UnicodeEncodeError:
-        return ""
-    return candidate if fits else ""
-
-
 class Settler:
     def __init__(
         self,
+        *,
         channel: AbstractChannel,
         worker_id: str,
         metrics: Metrics,
-        ledger: Unsettled,
+        unsettled: Unsettled,
         user_id: str | None = None,
         max_reply_bytes: int = MAX_REPLY_BYTES,
         topology: Topology | None = None,
@@ -144,7 +82,7 @@ class Settler:
         self._max_reply_bytes = max_reply_bytes
         self._worker_id = worker_id
         self._metrics = metrics
-        self._ledger = ledger
+        self._unsettled = unsettled
 
     async def settle(self, envelope: Envelope, outcome: Outcome) -> None:
         """Send the outcome's reply, then ack, reject or nack: once, whatever raises."""
@@ -170,7 +108,7 @@ class Settler:
                 # the delivery, and the client drops a duplicate reply.
                 log.warning("settle failed", request_id=envelope.request_id, error=repr(exc))
             finally:
-                self._ledger.closed(message)
+                self._unsettled.closed(message)
 
     async def _reply(self, envelope: Envelope, outcome: Outcome) -> Verdict:
         """The policy table above, row by row."""
@@ -201,7 +139,7 @@ class Settler:
                 return Verdict.LATER
 
     async def _reply_failed(self, envelope: Envelope, exc: Exception) -> Verdict:
-        if isinstance(exc, TRANSIENT_ERRORS):
+        if isinstance(exc, TRANSIENT_AMQP_ERRORS):
             log.warning("reply failed; requeueing", request_id=envelope.request_id, error=repr(exc))
             return Verdict.LATER
         if isinstance(exc, AMQPError):
@@ -214,19 +152,17 @@ class Settler:
         message = envelope.message
         # Bulk results may wait hours in a job queue, so they survive a broker restart;
         # an RPC caller waits seconds at most, so its reply skips the disk.
-        persistent = envelope.lane is Lane.BULK
-        body = response.model_dump_json().encode()
-        if len(body) > self._max_reply_bytes:  # over the broker's limit it would never arrive
-            response = self._too_large(response.request_id, len(body))
-            body = response.model_dump_json().encode()
-        reply = Message(
-            body,
-            content_type=CONTENT_TYPE,
-            correlation_id=response.request_id,
+        persistent = envelope.lane is QueueLane.BULK
+        frame = functools.partial(
+            reply_message,
             user_id=self._user_id,
-            headers={SCHEMA_HEADER: SCHEMA_VERSION, **trace_headers(message)},
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+            persistent=persistent,
+            trace_headers=trace_headers(message),
         )
+        reply = frame(response)
+        if len(reply.body) > self._max_reply_bytes:  # over the broker's limit it would never arrive
+            response = self._too_large(response.request_id, len(reply.body))
+            reply = frame(response)
         # RabbitMQ 3.x returns a mandatory message to direct reply-to though it delivers
         # it: there, a return would say nothing about the caller.
         reply_to = message.reply_to or ""

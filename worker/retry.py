@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 
+from schemas.backoff import delays
 from schemas.messages import RetrievalRequest
 from worker.errors import StoreUnavailable
 
@@ -63,7 +64,7 @@ async def with_deadlines(
     """
     results: dict[int, T | StoreUnavailable] = {}
     pending = list(range(len(deadlines)))
-    delay = first_delay
+    waits = delays(first_delay, max_delay)
     while pending:
         latest = max(deadlines[i].end for i in pending)
         try:
@@ -75,11 +76,11 @@ async def with_deadlines(
             error = StoreUnavailable("the store did not answer before the deadline")
         except StoreUnavailable as exc:
             error = exc
+        delay = next(waits)
         retry_at = time.monotonic() + delay
         results.update((i, error) for i in pending if retry_at >= deadlines[i].give_up)
         pending = [i for i in pending if i not in results]
         if pending:
             log.warning("store error, retrying", error=str(error), delay_s=delay, left=len(pending))
             await asyncio.sleep(delay)
-            delay = min(2 * delay, max_delay)
     return [results[i] for i in range(len(deadlines))]

@@ -39,14 +39,14 @@ def build_groups(
         scope = tuple(sorted((request.filters or {}).items()))
         for memory_type in request.limits:
             collection = profile.collection(memory_type) if profile else memory_type
-            owner = profile.owner(memory_type) if profile else MEMORY_ID
-            key = (collection, owner, request.memory_id, scope)
+            owner_field = profile.owner(memory_type) if profile else MEMORY_ID
+            key = (collection, owner_field, request.memory_id, scope)
             members[key].append((index, memory_type))
     groups = []
-    for (collection, owner, memory_id, scope), slots in members.items():
+    for (collection, owner_field, owner, scope), slots in members.items():
         rows = [index for index, _ in slots]
         ks = tuple(requests[i].limits[t] * candidate_factor for i, t in slots)
-        groups.append(SearchGroup(collection, memory_id, vectors[rows], ks, scope, owner))
+        groups.append(SearchGroup(collection, owner, vectors[rows], ks, scope, owner_field))
     return groups, list(members.values())
 
 

@@ -22,20 +22,20 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from schemas.connect import connect_waiting
+from worker.access.profiles import Profile
 from worker.access.tenants import TenantPolicy
-from worker.batch import Batcher, BatchLimits, Lane
-from worker.consume import Consumer, Delivery, Settle
+from worker.batch import Batcher, BatchLimits
+from worker.consume import Consumer, Settle
+from worker.delivery import Delivery, QueueLane
 from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError, StoreUnavailable
 from worker.metrics import HealthServer, Metrics
 from worker.outcomes import Answered, NotNow, Outcome
-from worker.pipeline import Stages, process_isolated
+from worker.pipeline import Dependencies, process_isolated
 from worker.reply import Settler
 from worker.settings import WorkerSettings
 from worker.store.base import MemoryStore
-from worker.store.mongo import MongoStore
-from worker.store.sqlite import SQLiteStore
-from worker.watchdog import Unsettled
+from worker.unsettled import Unsettled
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class WorkerStats:
 
 async def process_and_settle(
     batch: Sequence[Delivery],
-    stages: Stages,
+    deps: Dependencies,
     settle: Settle,
     embedded: asyncio.Event | None = None,
     observe: Callable[[list[Outcome]], None] = lambda outcomes: None,
@@ -63,7 +63,7 @@ async def process_and_settle(
     the outcomes first); if cancelled (shutdown past its grace period), every delivery
     goes back to the queue."""
     try:
-        outcomes = await process_isolated(batch, stages, embedded)
+        outcomes = await process_isolated(batch, deps, embedded)
     except asyncio.CancelledError:
         await settle_each(settle, batch, [NotNow("shutdown: cancelled after the grace period")])
         raise
@@ -84,49 +84,77 @@ async def settle_each(
 class Worker:
     def __init__(
         self,
+        *,
         settings: WorkerSettings,
-        embedder: Embedder,
-        store: MemoryStore,
-        metrics: Metrics | None = None,
+        deps: Dependencies,
+        batcher: Batcher[Delivery],
+        unsettled: Unsettled,
+        count_tokens: Callable[[str], int],
+        model_lanes: int,
+        policy: TenantPolicy | None,
+        profile: Profile,
     ) -> None:
+        """The parts, built: `Worker.from_settings` builds them from settings."""
         self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
-        if isinstance(store, SQLiteStore):
-            self.metrics.watch_store_cache(lambda: store.cache.stats)
-        if isinstance(store, MongoStore):
-            count = self.metrics.rows_without_embedding
-            store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
-        self.unsettled = Unsettled(settings.unsettled_limit_s, self.metrics.unsettled_too_long.inc)
-        self.metrics.in_flight.set_function(lambda: len(self.unsettled))
-        self._profile = settings.profile()
-        self.stages = Stages(
-            embed=embedder.embed,
-            store=store,
-            worker_id=settings.worker_id,
-            candidate_factor=settings.candidate_factor,
-            store_retry_s=settings.store_retry_s,
-            metrics=self.metrics,
-            store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
-            profile=self._profile,
-        )
-        self._count_tokens = embedder.count_tokens
-        self._lanes_free = asyncio.Semaphore(embedder.lanes)
-        self._policy = _tenant_policy(settings)
+        self.deps = deps
+        self.metrics = deps.metrics
+        self.unsettled = unsettled
+        self._batcher = batcher
+        self._count_tokens = count_tokens
+        self._model_lanes_free = asyncio.Semaphore(model_lanes)
+        self._policy = policy
+        self._profile = profile
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
         self._batch_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._settler: Settler | None = None
-        self._batcher: Batcher[Delivery] = Batcher(
-            BatchLimits(
-                settings.max_batch,
-                settings.max_batch_tokens,
-                settings.max_wait_ms / 1000,
-                settings.bulk_top_up,
-                settings.batch_sort_window,
-            )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: WorkerSettings,
+        embedder: Embedder,
+        store: MemoryStore,
+        metrics: Metrics | None = None,
+    ) -> Worker:
+        """A worker over a loaded model and a connected store, wired as settings say:
+        its metrics watch the caches and the ledger of unsettled deliveries."""
+        metrics = metrics or Metrics()
+        metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
+        metrics.watch_store_cache(store.cache_stats)
+        count = metrics.rows_without_embedding
+        store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
+        unsettled = Unsettled(settings.unsettled_limit_s, metrics.unsettled_too_long.inc)
+        metrics.in_flight.set_function(lambda: len(unsettled))
+        profile = settings.profile()
+        deps = Dependencies(
+            embed=embedder.embed,
+            store=store,
+            worker_id=settings.worker_id,
+            candidate_factor=settings.candidate_factor,
+            store_retry_s=settings.store_retry_s,
+            metrics=metrics,
+            store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
+            profile=profile,
+        )
+        limits = BatchLimits(
+            settings.max_batch,
+            settings.max_batch_tokens,
+            settings.max_wait_ms / 1000,
+            settings.bulk_top_up,
+            settings.batch_sort_window,
+        )
+        return cls(
+            settings=settings,
+            deps=deps,
+            batcher=Batcher(limits),
+            unsettled=unsettled,
+            count_tokens=embedder.count_tokens,
+            model_lanes=embedder.lanes,
+            policy=_tenant_policy(settings),
+            profile=profile,
         )
 
     async def run(
@@ -182,10 +210,10 @@ class Worker:
         every lane is busy join the next batch instead of queueing behind it.
         """
         while True:
-            await self._lanes_free.acquire()
+            await self._model_lanes_free.acquire()
             batch = await self._batcher.next_batch()
             if not batch:
-                self._lanes_free.release()
+                self._model_lanes_free.release()
                 return
             self._spawn(self._process_and_settle(batch))
 
@@ -195,11 +223,9 @@ class Worker:
         assert self._settler is not None
         embedded = asyncio.Event()
         lane_done = asyncio.ensure_future(embedded.wait())
-        lane_done.add_done_callback(lambda _: self._lanes_free.release())  # exactly once
+        lane_done.add_done_callback(lambda _: self._model_lanes_free.release())  # exactly once
         try:
-            await process_and_settle(
-                batch, self.stages, self._settler.settle, embedded, self._count
-            )
+            await process_and_settle(batch, self.deps, self._settler.settle, embedded, self._count)
         finally:
             lane_done.cancel()
 
@@ -248,7 +274,7 @@ class Worker:
 
         def ready() -> bool:
             connected = connection.connected.is_set()
-            usable = self.stages.store.usable
+            usable = self.deps.store.usable
             return self.ready.is_set() and connected and self.unsettled.late == 0 and usable
 
         try:
@@ -264,35 +290,35 @@ class Worker:
     async def _start_consuming(self, connection: AbstractRobustConnection) -> Consumer:
         """A channel per lane (each with its prefetch) and one for replies, with confirms."""
         prefetch = {
-            Lane.INTERACTIVE: self.settings.prefetch,
-            Lane.BULK: self.settings.bulk_prefetch,
+            QueueLane.INTERACTIVE: self.settings.prefetch,
+            QueueLane.BULK: self.settings.bulk_prefetch,
         }
-        channels: dict[Lane, AbstractChannel] = {}
+        channels: dict[QueueLane, AbstractChannel] = {}
         for lane, count in prefetch.items():
             channels[lane] = await connection.channel()
             await channels[lane].set_qos(prefetch_count=count)
         reply_channel = await connection.channel(on_return_raises=True)
         self._settler = Settler(
-            reply_channel,
-            self.settings.worker_id,
-            self.metrics,
-            self.unsettled,
-            self.settings.amqp_user,
-            self.settings.max_reply_bytes,
-            self.settings.topology,
+            channel=reply_channel,
+            worker_id=self.settings.worker_id,
+            metrics=self.metrics,
+            unsettled=self.unsettled,
+            user_id=self.settings.amqp_user,
+            max_reply_bytes=self.settings.max_reply_bytes,
+            topology=self.settings.topology,
         )
         consumer = Consumer(
-            channels,
-            self.settings.topology,
-            self._batcher,
-            self._count_tokens,
-            self._settler.settle,
-            self.unsettled,
-            self.settings.max_message_bytes,
-            self.settings.worker_id,
-            self.metrics,
-            self._policy,
-            self._profile,
+            channels=channels,
+            topology=self.settings.topology,
+            batcher=self._batcher,
+            count_tokens=self._count_tokens,
+            settle=self._settler.settle,
+            unsettled=self.unsettled,
+            max_message_bytes=self.settings.max_message_bytes,
+            worker_id=self.settings.worker_id,
+            metrics=self.metrics,
+            policy=self._policy,
+            profile=self._profile,
         )
         await consumer.start()
         return consumer
@@ -303,7 +329,7 @@ class Worker:
         while True:
             await asyncio.sleep(STORE_CHECK_S)
             with contextlib.suppress(StoreUnavailable):  # the store logs what it found
-                await self.stages.store.check()
+                await self.deps.store.check()
 
     async def _close_batcher_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

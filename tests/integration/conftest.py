@@ -27,7 +27,7 @@ from worker.admin.ingest import ingest_file
 from worker.embedding.embedder import Embedder
 from worker.service import Worker
 from worker.settings import WorkerSettings
-from worker.store import MemoryStore, SearchGroup, SQLiteStore
+from worker.store import MemoryStore, SearchGroup, SQLiteStore, open_mongo
 from worker.store.mongo import MongoStore
 
 
@@ -77,7 +77,7 @@ async def running_worker(
     settings: WorkerSettings, embedder: Embedder, store: SQLiteStore
 ) -> AsyncIterator[Worker]:
     """A worker on this event loop, consuming once this yields; stopped and drained after."""
-    worker = Worker(settings, embedder, store)
+    worker = Worker.from_settings(settings, embedder, store)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     ready = asyncio.create_task(worker.ready.wait())
@@ -108,7 +108,7 @@ def mongo_settings(url: str, **overrides: Any) -> WorkerSettings:
 
 
 async def seeded_mongo_store(settings: WorkerSettings, embedder: Embedder) -> MongoStore:
-    store = MongoStore(settings, embedder.dimensions)
+    store = open_mongo(settings, embedder.dimensions)
     await store.ensure_indexes()
     report = await ingest_file(DEMO_MEMORIES, store, embedder, progress=False)
     assert report.stored == 270

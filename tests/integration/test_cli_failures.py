@@ -8,6 +8,7 @@ path that cannot be made names RECALLQ_STORE_URL, never the broker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -52,14 +53,23 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+WAITS = ("RECALLQ_CONNECT_WAIT_S", "RECALLQ_CLIENT_CONNECT_WAIT_S")  # worker, ask and bulk
+
+
 def environment(store_url: str, amqp_url: str, wait_s: float | None = None) -> dict[str, str]:
-    """The environment of a recallq command; RECALLQ_CONNECT_WAIT_S its default (60 s)
-    where `wait_s` is None."""
+    """The environment of a recallq command; the broker waits their defaults (a worker's
+    60 s, ask's and bulk's 3 s) where `wait_s` is None."""
     env = {**os.environ, "RECALLQ_AMQP_URL": amqp_url, "RECALLQ_STORE_URL": store_url,
            "RECALLQ_METRICS_PORT": "-1", "RECALLQ_LOG_FORMAT": "json",
            "RECALLQ_QUEUE_PREFIX": f"recallq-cli-{uuid.uuid4().hex[:8]}"}  # fmt: skip
-    env.pop("RECALLQ_CONNECT_WAIT_S", None)
-    return env if wait_s is None else {**env, "RECALLQ_CONNECT_WAIT_S": str(wait_s)}
+    for name in WAITS:
+        env.pop(name, None)
+    return env if wait_s is None else {**env, **dict.fromkeys(WAITS, str(wait_s))}
+
+
+def wait_setting(command: list[str]) -> str:
+    """The setting a command's broker wait names."""
+    return WAITS[0] if command[0] == "worker" else WAITS[1]
 
 
 async def run_recallq(
@@ -67,9 +77,18 @@ async def run_recallq(
 ) -> tuple[int | None, str, float]:
     """Exit status, stdout and stderr together, and seconds taken; a failure if it
     runs past `timeout` (it is killed)."""
+    status, out, err, seconds = await run_apart(args, env, timeout)
+    return status, err + out, seconds
+
+
+async def run_apart(
+    args: list[str], env: dict[str, str], timeout: float, stderr: int = asyncio.subprocess.PIPE
+) -> tuple[int | None, str, str, float]:
+    """Exit status, stdout, stderr (unless `stderr` sends it elsewhere) and seconds
+    taken; a failure if it runs past `timeout` (it is killed)."""
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        RECALLQ, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        RECALLQ, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
@@ -77,7 +96,8 @@ async def run_recallq(
         process.kill()
         await process.wait()
         pytest.fail(f"recallq {' '.join(args)} still running after {timeout} s")
-    return process.returncode, err.decode() + out.decode(), time.monotonic() - started
+    seconds = time.monotonic() - started
+    return process.returncode, out.decode(), (err or b"").decode(), seconds
 
 
 COMMANDS = [
@@ -110,10 +130,50 @@ async def test_no_broker_is_one_line_and_exit_2(
     assert status == 2, output[-2000:]
     line = the_line(output)  # JSON lines are the retry log; one line for people
     assert line.startswith(f"{named(command)}: cannot reach the broker at amqp://guest:***@")
-    assert "check RECALLQ_AMQP_URL" in line and "RECALLQ_CONNECT_WAIT_S" in line
+    assert "check RECALLQ_AMQP_URL" in line and f"waited 1 s: {wait_setting(command)})" in line
     assert "secret" not in output
     retries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert any(r["event"] == "broker not reachable yet; retrying" for r in retries)
+
+
+async def test_ask_without_a_broker_gives_up_within_seconds_in_few_lines() -> None:
+    """A person waits for `recallq ask`: with no broker it waits its short default
+    (RECALLQ_CLIENT_CONNECT_WAIT_S, 3 s), logs the first retry only, and ends in one
+    line. Every line on stderr counts, the JSON log lines too."""
+    url = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    env = environment("sqlite:///unused.db", url)  # defaults: no wait set
+    status, _, err, seconds = await run_apart(COMMANDS[0], env, 60)
+    assert status == 2 and seconds < 10, (seconds, err)
+    lines = err.splitlines()
+    assert len(lines) <= 3 and "Traceback" not in err, err
+    assert lines[-1].startswith("recallq ask: cannot reach the broker at amqp://guest:***@")
+    assert lines[-1].endswith("(waited 3 s: RECALLQ_CLIENT_CONNECT_WAIT_S)"), lines[-1]
+
+
+async def test_on_a_terminal_the_retry_line_is_for_people() -> None:
+    """RECALLQ_LOG_FORMAT auto: log lines are JSON for a pipe, readable on a terminal."""
+    url = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    env = environment("sqlite:///unused.db", url, 0.5)
+    del env["RECALLQ_LOG_FORMAT"]
+    terminal, stderr = os.openpty()
+    try:
+        status, _, _, _ = await run_apart(COMMANDS[0], env, 60, stderr=stderr)
+    finally:
+        os.close(stderr)
+    lines = read_terminal(terminal).splitlines()
+    assert status == 2 and any("broker not reachable yet; retrying" in x for x in lines), lines
+    assert not any(line.lstrip().startswith("{") for line in lines), lines
+    assert lines[-1].startswith("recallq ask: cannot reach the broker"), lines
+
+
+def read_terminal(terminal: int) -> str:
+    """What was written to a pseudo-terminal whose other end is closed (then EIO)."""
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := os.read(terminal, 4096):
+            chunks.append(chunk)
+    os.close(terminal)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def names_do_not_exist_here() -> bool:
@@ -172,7 +232,7 @@ async def test_a_broker_port_that_never_answers_is_given_up_on(
     assert status == 2 and seconds < 15, output[-2000:]
     line = the_line(output)
     assert line.startswith("recallq bulk: the broker at amqp://guest:***@127.0.0.1:")
-    assert "did not answer within 6 s" in line and "RECALLQ_CONNECT_WAIT_S" in line
+    assert "did not answer within 6 s" in line and "RECALLQ_CLIENT_CONNECT_WAIT_S" in line
     assert "secret" not in output
 
 

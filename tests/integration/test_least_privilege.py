@@ -7,14 +7,17 @@ deleted afterwards; each attack a producer might try is refused by RabbitMQ itse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -195,3 +198,23 @@ async def test_a_request_naming_anothers_reply_queue_is_dead_lettered_without_a_
         assert bob.dropped_replies == 0 and bob.rejected_replies == 0
         forbidden = {"status": "error", "code": ErrorCode.FORBIDDEN.value}
         assert worker.metrics.registry.get_sample_value("recallq_requests_total", forbidden) == 1
+
+
+async def test_ask_where_no_worker_declared_the_topology_says_what_to_do_in_one_line(
+    deployment: Deployment,
+) -> None:
+    """A producer may not declare the shared topology: before any worker (or the
+    definitions) has, `recallq ask` says so in one line and exits 2, no traceback."""
+    fresh = f"recallq-undeclared-{uuid.uuid4().hex[:8]}"  # a topology nobody declared
+    env = {**os.environ, "RECALLQ_AMQP_URL": deployment.alice.amqp_url,
+           "RECALLQ_BROKER_TOPOLOGY": Layout.LEAST_PRIVILEGE.value,
+           "RECALLQ_QUEUE_PREFIX": fresh, "RECALLQ_LOG_FORMAT": "json"}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "recallq"), "ask", "Which seat?", "--memory-id", "m",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    lines = err.decode().splitlines()
+    assert process.returncode == 2 and len(lines) == 1 and not out, err.decode()
+    assert lines[0].startswith(f"recallq ask: exchange {fresh}.submit does not exist: ")
+    assert "start a worker" in lines[0] and "definitions" in lines[0]

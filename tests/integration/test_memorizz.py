@@ -23,6 +23,7 @@ from worker.access.profiles import load_profile
 from worker.embedding.backends import bundled_model_path
 from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
+from worker.store import open_mongo
 from worker.store.mongo import MongoStore
 
 memorizz = pytest.importorskip("memorizz")
@@ -187,7 +188,7 @@ async def memorizz_store(
     mongo = mongo_settings(secantus.uri, store_profile="memorizz")
     mongo = mongo.model_copy(update={"mongo_database": memorizz_db,
         "amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix})  # fmt: skip
-    store = MongoStore(mongo, embedder.dimensions)
+    store = open_mongo(mongo, embedder.dimensions)
     await store.connect()
     yield mongo, store
     await store.close()
@@ -213,7 +214,7 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
             )
             for user in TURNS
         }
-    query = embedder.encode([question])[0]
+    query = (await embedder.embed([question]))[0]
     for user, reply in replies.items():
         assert reply.status == "ok", reply.error
         for collection, k in limits.items():
@@ -256,7 +257,7 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
                    for owner, limits, _ in asks]  # fmt: skip
         mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
                                                            "summaries": 1})  # fmt: skip
-    query, profile = embedder.encode([question])[0], load_profile("memorizz")
+    query, profile = (await embedder.embed([question]))[0], load_profile("memorizz")
     for (owner, limits, field), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
         for memory_type, k in limits.items():

@@ -80,7 +80,7 @@ class StuckStore(WrappedStore):
         self.release = asyncio.Event()
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        if any(group.memory_id == "stuck:tenant" for group in groups):
+        if any(group.owner == "stuck:tenant" for group in groups):
             await self.release.wait()
         return await self.store.search(groups)
 

@@ -21,7 +21,7 @@ from tests.oracle import Oracle
 from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError
 from worker.settings import WorkerSettings
-from worker.store import MemoryStore, SQLiteStore
+from worker.store import MemoryStore, SQLiteStore, open_mongo
 from worker.store.mongo import MongoStore
 
 LIMITS = {"conversation_memory": 3, "long_term_memory": 3, "procedural_memory": 3}
@@ -66,12 +66,13 @@ async def test_auto_mode_explains_why_it_chose_exact(secantus_store: MongoStore)
     assert described["mode"] == "exact"
     assert "no vector search" in described["reason"]
     assert "115" in described["reason"]
+    assert secantus_store.cache_stats() is None  # no group cache: every search asks the server
 
 
 async def test_forcing_vector_mode_on_a_server_without_it_fails_clearly(
     secantus: RestartableSecantus, embedder: Embedder
 ) -> None:
-    store = MongoStore(mongo_settings(secantus.uri, mongo_search="vector"), embedder.dimensions)
+    store = open_mongo(mongo_settings(secantus.uri, mongo_search="vector"), embedder.dimensions)
     try:
         with pytest.raises(ConfigError, match="no vector search"):
             await store.connect()

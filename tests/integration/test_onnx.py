@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.quantize import agreement_at_k, demo_texts, top_k_sets
 from tests.conftest import ROOT
-from worker.embedding.backends import EncoderSpec, bundled_model_path, load_encoder, onnx_export
+from worker.embedding import onnx_export
+from worker.embedding.backends import EncoderSpec, bundled_model_path, load_encoder
 from worker.embedding.onnx_backend import OnnxEncoder
 from worker.embedding.onnx_export import GRAPH, TOKENIZER, Export, prepared
 from worker.embedding.torch_backend import TorchEncoder
@@ -124,7 +125,7 @@ def test_a_damaged_cache_entry_is_detected_and_exported_again(
 PREPARE = """
 import sys
 from pathlib import Path
-from worker.embedding.backends import onnx_export
+from worker.embedding import onnx_export
 calls = []
 real = onnx_export._export
 onnx_export._export = lambda model, out: (calls.append(1), real(model, out))

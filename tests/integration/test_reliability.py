@@ -89,7 +89,7 @@ class PoisonedStore(WrappedStore):
     """The real store, except that searching one tenant raises, as a bug would."""
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        if any(group.memory_id == "poison:tenant" for group in groups):
+        if any(group.owner == "poison:tenant" for group in groups):
             raise RuntimeError("a bug that only this request triggers")
         return await self.store.search(groups)
 
@@ -144,12 +144,12 @@ async def test_a_locked_sqlite_file_fails_writes_retryably_and_never_blocks_read
 ) -> None:
     store = SQLiteStore(tmp_path / "locked.db", writable=True, busy_timeout_s=0.2)
     memory = Memory("m1", "tenant", MemoryType.LONG_TERM, "likes tea", 1_700_000_000.0)
-    await store.upsert([memory], embedder.encode([memory.content]))
+    await store.upsert([memory], (await embedder.embed([memory.content])))
     locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
         with pytest.raises(StoreUnavailable, match="locked"):
-            await store.upsert([memory], embedder.encode([memory.content]))
+            await store.upsert([memory], (await embedder.embed([memory.content])))
         async with (
             running_worker(settings, embedder, store),
             RetrievalClient(settings, timeout=30) as client,
@@ -160,7 +160,7 @@ async def test_a_locked_sqlite_file_fails_writes_retryably_and_never_blocks_read
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    await store.upsert([memory], embedder.encode([memory.content]))  # recovered
+    await store.upsert([memory], (await embedder.embed([memory.content])))  # recovered
     await store.close()
 
 

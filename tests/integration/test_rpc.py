@@ -6,11 +6,13 @@ import asyncio
 import time
 from typing import Any
 
+import aio_pika
 import pytest
 
 from producer.client import Query, RetrievalClient
-from schemas.messages import MemoryType, RankWeights
+from schemas.messages import SCHEMA_HEADER, MemoryType, RankWeights, RetrievalResponse
 from schemas.topology import Layout
+from schemas.wire import reply_message
 from tests.integration.conftest import declare_topology, running_worker
 from tests.oracle import Oracle, assert_hits_match
 from worker.embedding.embedder import Embedder
@@ -133,3 +135,23 @@ async def test_no_request_sees_another_memory_id_s_memories(
         assert {owners[(hit.memory_type, hit.id)] for hit in returned} == {probe.memory_id}
     assert stranger.status == "ok"
     assert all(hits == [] for hits in stranger.results.values())
+
+
+async def test_a_reply_not_framed_as_the_contract_says_is_counted_and_dropped(
+    settings: WorkerSettings,
+) -> None:
+    """A reply of another schema version is not read; the real one after it is. Replies
+    arrive in order, so once the real one is in, the other has been judged."""
+    await declare_topology(settings)
+    async with RetrievalClient(settings, timeout=30) as client:
+        pending = await client.submit(Query("q", "m", {"summaries": 1}), request_id="r-1")
+        answer = RetrievalResponse(request_id="r-1", status="ok", worker_id="w")
+        other_version = reply_message(answer, user_id=None, persistent=False)
+        other_version.headers[SCHEMA_HEADER] = 2
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for reply in (other_version, reply_message(answer, user_id=None, persistent=False)):
+                await channel.default_exchange.publish(reply, client.reply_queue_name)
+        assert await client.wait(pending, 30) == answer
+    assert client.unreadable_replies == 1 and client.dropped_replies == 0

@@ -18,7 +18,7 @@ from tests.integration.secantus import RestartableSecantus
 from worker.embedding.embedder import Embedder
 from worker.errors import ConfigError
 from worker.settings import WorkerSettings
-from worker.store.base import SearchGroup
+from worker.store import SearchGroup, open_mongo
 from worker.store.mongo import MongoStore
 
 TURNS = {
@@ -37,13 +37,13 @@ async def shared(
     now = datetime.now(UTC)
     rows = []
     for user, texts in TURNS.items():
-        vectors = embedder.encode(texts)
+        vectors = await embedder.embed(texts)
         for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
             rows.append({"_id": f"{user}-{i}", "memory_id": "shared", "user_id": user,
                          "role": "user", "content": text, "embedding": vector.tolist(),
                          "timestamp": (now - timedelta(hours=i)).isoformat()})  # fmt: skip
     await client[settings.mongo_database]["conversation_memory"].insert_many(rows)
-    store = MongoStore(settings, embedder.dimensions)
+    store = open_mongo(settings, embedder.dimensions)
     await store.connect()
     yield settings, store
     await store.close()
@@ -71,11 +71,11 @@ async def test_filters_return_only_that_users_rows_equal_to_the_oracle(
         bad = await client.retrieve(question, "shared", limits, filters={"role": "user"})
     users_seen = {hit.id.split("-")[0] for hit in both.results["conversation_memory"]}
     assert users_seen == {"alice", "bob"}  # without a filter the memory_id is shared
-    query = embedder.encode([question])[0]
+    query = (await embedder.embed([question]))[0]
     for user, reply in answers.items():
         hits = reply.results["conversation_memory"]
         assert {hit.id.split("-")[0] for hit in hits} == {user}
-        cosines = embedder.encode(TURNS[user]) @ query  # the oracle: this user's rows only
+        cosines = (await embedder.embed(TURNS[user])) @ query  # the oracle: this user's rows only
         by_id = {f"{user}-{i}": float(c) for i, c in enumerate(cosines)}
         for hit in hits:
             assert hit.score == pytest.approx(by_id[hit.id], abs=1e-5)
@@ -95,21 +95,21 @@ async def test_embeddings_of_another_size_stop_the_start_and_unembedded_rows_are
         await database["knowledge_base"].insert_one(
             {"_id": "k1", "memory_id": "m", "content": "x", "embedding": [0.1] * 256}
         )
-        store = MongoStore(settings, embedder.dimensions)
+        store = open_mongo(settings, embedder.dimensions)
         with pytest.raises(ConfigError, match=r"knowledge_base: 256 dimensions.*makes 384"):
             await store.connect()
         await store.close()
         await database["knowledge_base"].delete_many({})
-        vector = embedder.encode(["likes tea"])[0].tolist()
+        vector = (await embedder.embed(["likes tea"]))[0].tolist()
         await database["knowledge_base"].insert_many([
             {"_id": "k2", "memory_id": "m", "content": "likes tea", "embedding": vector},
             {"_id": "k3", "memory_id": "m", "content": "not embedded yet"},
         ])  # fmt: skip
-        store = MongoStore(settings, embedder.dimensions)
+        store = open_mongo(settings, embedder.dimensions)
         skipped: list[tuple[str, int]] = []
         store.on_skipped = lambda name, rows: skipped.append((name, rows))
         await store.connect()
-        group = SearchGroup("knowledge_base", "m", embedder.encode(["tea"]), (5,))
+        group = SearchGroup("knowledge_base", "m", (await embedder.embed(["tea"])), (5,))
         [[[hit]]] = await store.search([group])  # one group, one query, one hit
         await store.close()
     finally:

@@ -20,7 +20,7 @@ async def test_search_equals_the_brute_force_oracle(
     oracle: Oracle,
     demo_questions: list[dict[str, str]],
 ) -> None:
-    vectors = embedder.encode([q["query"] for q in demo_questions])
+    vectors = await embedder.embed([q["query"] for q in demo_questions])
     asked = [
         (question, memory_type, 3 + index)  # a different k per query
         for index, question in enumerate(demo_questions)
@@ -38,8 +38,8 @@ async def test_search_equals_the_brute_force_oracle(
         assert [c.memory.id for c in hits] == [e.id for e in expected]
         for candidate, want in zip(hits, expected, strict=True):
             assert abs(candidate.score - want.cosine) < 1e-4
-            assert candidate.memory.memory_id == group.memory_id
-            assert candidate.memory.memory_type == group.memory_type
+            assert candidate.memory.memory_id == group.owner
+            assert candidate.memory.memory_type == group.collection
 
 
 async def test_a_group_of_many_queries_answers_each_in_order(
@@ -47,7 +47,7 @@ async def test_a_group_of_many_queries_answers_each_in_order(
 ) -> None:
     texts = ["knee pain", "what to eat before a race", "night shift sleep", "peanut allergy"]
     group = SearchGroup(
-        MemoryType.LONG_TERM, "health-coach:sam", embedder.encode(texts), (1, 2, 3, 4)
+        MemoryType.LONG_TERM, "health-coach:sam", (await embedder.embed(texts)), (1, 2, 3, 4)
     )
     [per_query] = await any_store.search([group])
     for text, k, hits in zip(texts, group.ks, per_query, strict=True):
@@ -58,7 +58,7 @@ async def test_a_group_of_many_queries_answers_each_in_order(
 async def test_search_never_leaves_the_tenant(
     any_store: MemoryStore, embedder: Embedder, demo_records: list[dict[str, str]]
 ) -> None:
-    vector = embedder.encode(["Lisbon hotel FastAPI knee"])
+    vector = await embedder.embed(["Lisbon hotel FastAPI knee"])
     hostile = ['{"$ne": null}', '{"$regex": ".*"}', ".*", "", "travel-concierge:*"]
     groups = [SearchGroup(MemoryType.LONG_TERM, memory_id, vector, (100,)) for memory_id in hostile]
     for hits in await any_store.search(groups):
@@ -78,11 +78,11 @@ async def test_upsert_replaces_a_memory_with_the_same_id(
     second = Memory(
         "u1", tenant, MemoryType.SUMMARIES, "the new summary", 1_700_000_100.0, importance=0.9
     )
-    await any_store.upsert([first], embedder.encode([first.content]))
-    await any_store.upsert([second], embedder.encode([second.content]))
+    await any_store.upsert([first], (await embedder.embed([first.content])))
+    await any_store.upsert([second], (await embedder.embed([second.content])))
     if hasattr(any_store, "mode") and any_store.mode == "vector":
         return  # search indexes are eventually consistent; covered by the exact stores
-    vector = embedder.encode(["summary"])
+    vector = await embedder.embed(["summary"])
     [[hits]] = await any_store.search([SearchGroup(MemoryType.SUMMARIES, tenant, vector, (10,))])
     assert [c.memory for c in hits] == [second]
 
@@ -106,12 +106,12 @@ TENANTS = ["travel-concierge:maya", "code-copilot:devon", "health-coach:sam"]
 async def test_property_no_result_ever_belongs_to_another_tenant(
     asks: list[tuple[str, str, str, int]], any_store: MemoryStore, embedder: Embedder
 ) -> None:
-    vectors = embedder.encode([text for text, _, _, _ in asks])
+    vectors = await embedder.embed([text for text, _, _, _ in asks])
     groups = [
         SearchGroup(MemoryType(memory_type), memory_id, vectors[[row]], (k,))
         for row, (_, memory_id, memory_type, k) in enumerate(asks)
     ]
     for group, (hits,) in zip(groups, await any_store.search(groups), strict=True):
         assert len(hits) <= group.ks[0]
-        assert all(c.memory.memory_id == group.memory_id for c in hits)
-        assert all(c.memory.memory_type == group.memory_type for c in hits)
+        assert all(c.memory.memory_id == group.owner for c in hits)
+        assert all(c.memory.memory_type == group.collection for c in hits)

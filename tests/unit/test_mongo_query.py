@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
+from schemas.memory import FIELD_NAMES
 from schemas.messages import MemoryType
 from worker.store.base import Memory
 from worker.store.mongo_query import (
+    DOCUMENT_FIELDS,
+    READERS,
     cosine_from_vector_score,
     index_dimensions,
     num_candidates,
@@ -43,6 +47,7 @@ def test_the_projection_leaves_the_embedding_out_and_reads_the_score() -> None:
     assert "embedding" not in projection
     assert projection["score"] == {"$meta": "vectorSearchScore"}
     assert projection["content"] == 1 and projection["memory_id"] == 1
+    assert {field: 1 for field in DOCUMENT_FIELDS}.items() <= projection.items()
 
 
 def test_exact_mode_asks_for_enn_without_num_candidates() -> None:
@@ -96,16 +101,27 @@ def test_documents_round_trip_and_memorizz_variants_are_read() -> None:
         role="user",
         situational_tags=("t",),
         importance=0.7,
+        last_accessed=1_700_000_100.0,
     )
     document = to_document(memory, np.ones(3, dtype=np.float32))
     assert document["_id"] == "x1" and document["embedding"] == [1.0, 1.0, 1.0]
-    assert "summary_content" not in document
+    assert "summary_content" not in document and "memory_type" not in document
+    assert document["situational_tags"] == ["t"] and document["last_accessed"] == 1_700_000_100.0
     assert to_memory(document, MemoryType.ENTITY) == memory
+    bare = replace(memory, timestamp=None, role=None, situational_tags=None, last_accessed=None)
+    assert set(to_document(bare, np.ones(3))) == {"_id", "memory_id", "content", "timestamp",
+                                                  "importance", "embedding"}  # fmt: skip
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     for stamp in (when, when.replace(tzinfo=None), "2026-01-02T03:04:05"):
         loaded = to_memory({"_id": 1, "memory_id": "m", "timestamp": stamp}, MemoryType.ENTITY)
         assert loaded.timestamp == when.timestamp()
         assert loaded.id == "1"
+
+
+def test_every_field_of_a_memory_is_read_from_a_document() -> None:
+    """A field added to schemas.memory needs a reader here (id, memory_id and
+    memory_type come from `_id`, the owner field and the collection)."""
+    assert {"id", "memory_id", "memory_type", *READERS} == set(FIELD_NAMES)
 
 
 def test_scope_filters_go_inside_the_vector_search_stage_beside_memory_id() -> None:

@@ -14,7 +14,7 @@ from tests.stores import WrappedStore
 from worker.embedding.embedder import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.outcomes import Answered, Crashed, Expired, Outcome, Refused
-from worker.pipeline import Stages, process, process_isolated
+from worker.pipeline import Dependencies, process, process_isolated
 from worker.store import GroupResult, SearchGroup, SQLiteStore
 
 LIMITS = {"long_term_memory": 3, "procedural_memory": 2}
@@ -48,15 +48,15 @@ class FaultyStore(WrappedStore):
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
         self.calls += 1
-        if any(group.memory_id == "poison:tenant" for group in groups):
+        if any(group.owner == "poison:tenant" for group in groups):
             raise RuntimeError("a bug that only this tenant triggers")
         if self.calls <= self._down:
             raise self._error
         return await self.store.search(groups)
 
 
-def stages(embedder: Embedder, store: Any, **overrides: Any) -> Stages:
-    return Stages(embed=embedder.embed, store=store, worker_id="w-test", **overrides)
+def stages(embedder: Embedder, store: Any, **overrides: Any) -> Dependencies:
+    return Dependencies(embed=embedder.embed, store=store, worker_id="w-test", **overrides)
 
 
 def by_id(batch: Sequence[Queued], outcomes: Sequence[Outcome]) -> dict[str, Outcome]:

@@ -54,7 +54,7 @@ def test_an_alias_and_its_collection_share_one_search_and_keep_their_own_limits(
     ]
     vectors = np.eye(3, 4, dtype=np.float32)
     groups, slots = build_groups(requests, vectors, 1, profile)
-    by_key = {(g.memory_type, g.memory_id): (g, s) for g, s in zip(groups, slots, strict=True)}
+    by_key = {(g.collection, g.owner): (g, s) for g, s in zip(groups, slots, strict=True)}
     group, members = by_key[("long_term_memory", "m")]
     assert members == [(0, "facts"), (1, "long_term_memory")]
     assert group.ks == (2, 5)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.messages import MemoryType, RankWeights
+from schemas.memory import FIELDS, REPLY_FIELDS
+from schemas.messages import MemoryHit, MemoryType, RankWeights
 from worker.rank import rank
 from worker.store.base import Candidate, Memory
 
@@ -66,3 +67,32 @@ def test_ties_break_by_cosine_then_id() -> None:
     weights = RankWeights(relevance=0, recency=0, importance=0)
     pool = [candidate("b", 0.1), candidate("a", 0.1), candidate("c", 0.3)]
     assert [h.id for h in rank(pool, limit=3, now=NOW, weights=weights)] == ["c", "a", "b"]
+
+
+def test_a_hit_carries_the_memory_fields_marked_reply_with_their_types() -> None:
+    """MemoryHit is declared by hand (the wire contract, typed, in its own order); this
+    holds it to schemas.memory: the same names and types, tags as a list, each optional
+    on the wire where a memory may lack it."""
+    assert set(MemoryHit.model_fields) == {*REPLY_FIELDS, "score", "signal"}
+    for name in REPLY_FIELDS:
+        spec, declared = FIELDS[name], MemoryHit.model_fields[name]
+        wire = {"tags": list[str] | None}.get(spec.kind, spec.annotation)
+        assert declared.annotation == wire, name
+        assert declared.is_required() == (spec.required and not spec.optional), name
+        assert declared.description in (None, spec.meaning), name
+
+
+def test_a_hit_carries_every_reply_field_of_its_memory_and_the_requested_type() -> None:
+    memory = Memory(
+        id="x", memory_id="owner", memory_type="knowledge_base", content="c", timestamp=NOW,
+        summary_content="s", role="user", situational_tags=("a", "b"), importance=0.4,
+        last_accessed=NOW - HOUR,
+    )  # fmt: skip
+    [hit] = rank([Candidate(memory, 0.5)], limit=1, now=NOW, memory_type="long_term_memory")
+    assert hit.model_dump(exclude={"score", "signal"}) == {
+        "id": "x", "memory_type": "long_term_memory", "content": "c", "timestamp": NOW,
+        "summary_content": "s", "role": "user", "situational_tags": ["a", "b"], "importance": 0.4,
+    }  # fmt: skip
+    assert hit.model_validate_json(hit.model_dump_json()) == hit  # valid on the wire
+    [stored] = rank([Candidate(memory, 0.5)], limit=1, now=NOW)
+    assert stored.memory_type == "knowledge_base" and stored.situational_tags == ["a", "b"]

@@ -20,7 +20,7 @@ def test_requests_sharing_a_tenant_and_type_share_one_group() -> None:
     ]
     vectors = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
     groups, slots = build_groups(requests, vectors, candidate_factor=4)
-    by_key = {(g.memory_type, g.memory_id): (g, s) for g, s in zip(groups, slots, strict=True)}
+    by_key = {(g.collection, g.owner): (g, s) for g, s in zip(groups, slots, strict=True)}
     assert set(by_key) == {
         (MemoryType.LONG_TERM, "alice"),
         (MemoryType.CONVERSATION, "alice"),

@@ -23,17 +23,18 @@ from hypothesis import strategies as st
 from schemas.messages import SCHEMA_HEADER, ErrorCode, MemoryHit, RetrievalResponse
 from schemas.topology import DELIVERY_LIMIT, Topology
 from tests.stores import WrappedStore
-from worker.batch import Batcher, Lane
-from worker.consume import Consumer, Delivery
+from worker.batch import Batcher
+from worker.consume import Consumer
+from worker.delivery import Delivery, Envelope, QueueLane
 from worker.embedding.embedder import Embedder
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered
-from worker.pipeline import Stages
-from worker.reply import Envelope, Settler
+from worker.pipeline import Dependencies
+from worker.reply import Settler
 from worker.service import process_and_settle
 from worker.store import GroupResult, SearchGroup, SQLiteStore
-from worker.watchdog import Unsettled
+from worker.unsettled import Unsettled
 
 ERRORS: list[Callable[[], Exception]] = [
     lambda: RuntimeError("a bug"),
@@ -142,7 +143,7 @@ KINDS: dict[str, Callable[[int], RecordingMessage]] = {
 class Plan:
     kinds: list[str]
     deliveries: list[int]
-    lanes: list[Lane]
+    lanes: list[QueueLane]
     tokens: Faults
     embed: Faults
     search: Faults
@@ -155,7 +156,7 @@ plans = st.integers(1, 12).flatmap(
         Plan,
         kinds=st.lists(st.sampled_from(sorted(KINDS)), min_size=n, max_size=n),
         deliveries=st.lists(st.integers(0, DELIVERY_LIMIT), min_size=n, max_size=n),
-        lanes=st.lists(st.sampled_from(list(Lane)), min_size=n, max_size=n),
+        lanes=st.lists(st.sampled_from(list(QueueLane)), min_size=n, max_size=n),
         tokens=faults,
         embed=faults,
         search=faults,
@@ -176,9 +177,9 @@ async def test_every_delivery_is_settled_exactly_once_whatever_raises(
         message.headers["x-delivery-count"] = count
         message.redelivered = count > 0
         message.fail = settle_fail
-    metrics, ledger = Metrics(), Unsettled(60)
+    metrics, unsettled = Metrics(), Unsettled(60)
     channel = FaultyChannel(Calls(plan.publish))
-    settler = Settler(channel, "w-test", metrics, ledger)  # type: ignore[arg-type]
+    settler = Settler(channel=channel, worker_id="w-test", metrics=metrics, unsettled=unsettled)  # type: ignore[arg-type]
     batcher: Batcher[Delivery] = Batcher()
     tokens, embed_fail = Calls(plan.tokens), Calls(plan.embed)
 
@@ -191,19 +192,21 @@ async def test_every_delivery_is_settled_exactly_once_whatever_raises(
         return await embedder.embed(texts)
 
     consumer = Consumer(
-        {}, Topology("t"), batcher, count_tokens, settler.settle, ledger, 65536, "w-test", metrics
-    )
+        channels={}, topology=Topology("t"), batcher=batcher, count_tokens=count_tokens,
+        settle=settler.settle, unsettled=unsettled, max_message_bytes=65536, worker_id="w-test",
+        metrics=metrics,
+    )  # fmt: skip
     store = FaultyStore(demo_store, Calls(plan.search))
-    stages = Stages(embed=embed, store=store, store_retry_s=0.2)  # type: ignore[arg-type]
+    deps = Dependencies(embed=embed, store=store, store_retry_s=0.2)  # type: ignore[arg-type]
 
     for message, lane in zip(messages, plan.lanes, strict=True):
         await consumer.receive(message, lane)  # type: ignore[arg-type]
     while len(batcher):
-        await process_and_settle(await batcher.next_batch(), stages, settler.settle)
+        await process_and_settle(await batcher.next_batch(), deps, settler.settle)
 
     for message in messages:
         assert len(message.settled) == 1, (message.body[:60], message.settled)
-    assert len(ledger) == 0
+    assert len(unsettled) == 0
     for message in channel.published:
         assert len((message.correlation_id or "").encode()) <= 255
     if not any((plan.tokens, plan.embed, plan.search, plan.publish, plan.settle)):
@@ -214,8 +217,10 @@ async def test_every_delivery_is_settled_exactly_once_whatever_raises(
 
 async def test_a_reply_over_the_size_limit_is_one_clear_error_and_one_ack() -> None:
     channel = FaultyChannel(Calls({}))
-    ledger = Unsettled(60)
-    settler = Settler(channel, "w", Metrics(), ledger, max_reply_bytes=4096)  # type: ignore[arg-type]
+    unsettled = Unsettled(60)
+    settler = Settler(
+        channel=channel, worker_id="w", metrics=Metrics(), unsettled=unsettled, max_reply_bytes=4096
+    )  # type: ignore[arg-type]
     message = RecordingMessage(request("big"), "big")
     hits = [
         MemoryHit(
@@ -229,8 +234,8 @@ async def test_a_reply_over_the_size_limit_is_one_clear_error_and_one_ack() -> N
         for i in range(20)
     ]
     big = RetrievalResponse(request_id="big", status="ok", results={"long_term_memory": hits})
-    envelope = Envelope(message, Lane.INTERACTIVE, 0.0, "big")  # type: ignore[arg-type]
-    ledger.opened(message, "big")
+    envelope = Envelope(message, QueueLane.INTERACTIVE, 0.0, "big")  # type: ignore[arg-type]
+    unsettled.opened(message, "big")
     await settler.settle(envelope, Answered(big))
     assert message.settled == ["ack"]
     [reply] = channel.published

@@ -14,7 +14,7 @@ from schemas.messages import MemoryType
 from worker.errors import StoreMismatch, StoreUnavailable
 from worker.store.base import Memory, SearchGroup
 from worker.store.sqlite import SQLiteStore
-from worker.store.sqlite_file import SCHEMA, what_is_at
+from worker.store.sqlite_file import APPLICATION_ID, SCHEMA_VERSION, what_is_at
 
 DIMS = 8
 LONG = MemoryType.LONG_TERM
@@ -31,6 +31,7 @@ def memories(memory_id: str, memory_type: MemoryType, count: int) -> list[Memory
             role="user" if i % 2 else None,
             situational_tags=("a", "b") if i % 3 == 0 else None,
             importance=0.3 if i % 4 == 0 else None,
+            last_accessed=1_700_100_000.0 + i if i % 5 == 0 else None,
         )
         for i in range(count)
     ]
@@ -129,7 +130,8 @@ async def test_a_small_cache_stays_under_its_byte_bound_and_answers_the_same(
             [[hits]] = await small.search([group])
             assert [c.memory.id for c in hits] == expected[owner]
             assert small.cache.stats.bytes <= 2_000
-    stats = small.cache.stats
+    stats = small.cache_stats()  # what the metrics watch
+    assert stats is small.cache.stats
     assert stats.lookups == 36 and stats.evictions > 0 and 0 < stats.groups < 12
     await small.close()
 
@@ -216,17 +218,34 @@ async def test_a_corrupt_file_is_store_unavailable_not_a_crash(tmp_path: Path) -
     await corrupt.close()
 
 
-def legacy_store(path: Path, rows: int) -> None:
-    """A store as recallq wrote them before stores were marked: no application_id."""
+# The table as recallq wrote it before schema 2 (marked as 1, or before marks: unmarked).
+SCHEMA_1 = """
+CREATE TABLE memories (
+    memory_type TEXT NOT NULL, id TEXT NOT NULL, memory_id TEXT NOT NULL,
+    content TEXT NOT NULL, summary_content TEXT, role TEXT, timestamp REAL NOT NULL,
+    situational_tags TEXT, importance REAL, embedding BLOB NOT NULL,
+    PRIMARY KEY (memory_type, id)
+);
+CREATE INDEX memories_by_owner ON memories (memory_type, memory_id);
+"""
+
+
+def legacy_store(path: Path, rows: int, *, version: int | None = None) -> None:
+    """A store as recallq wrote them before stores were marked (no application_id), or
+    marked with an older schema `version`."""
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(SCHEMA)
+    conn.executescript(SCHEMA_1)
     conn.executemany(
         "INSERT INTO memories VALUES (?,?,?,?,?,?,?,?,?,?)",
-        [(LONG.value, f"m{i}", "alice", f"old {i}", None, None, 1.0, None, None,
+        [(LONG.value, f"m{i}", "alice", f"old {i}", None, None, 1.0, '["t"]', 0.5,
           np.ones(DIMS, np.float32).tobytes()) for i in range(rows)],
     )  # fmt: skip
+    if version is not None:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the marks into the file's header
     conn.close()
 
 
@@ -244,6 +263,12 @@ def rows_of(path: Path) -> list[tuple[object, ...]]:
         conn.close()
 
 
+def schema_of(path: Path) -> tuple[int, int]:
+    """(application_id, user_version) as the file's header holds them."""
+    header = path.read_bytes()[:100]
+    return int.from_bytes(header[68:72], "big"), int.from_bytes(header[60:64], "big")
+
+
 async def test_an_unmarked_store_is_refused_for_serving_until_init_marks_it(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     legacy_store(path, 5)
@@ -255,10 +280,52 @@ async def test_an_unmarked_store_is_refused_for_serving_until_init_marks_it(tmp_
     writer = SQLiteStore(path, writable=True)  # what `recallq worker init` opens
     await writer.ensure_indexes()
     await writer.close()
-    assert what_is_at(path) is None and rows_of(path) == rows
+    assert what_is_at(path) is None and schema_of(path) == (APPLICATION_ID, SCHEMA_VERSION)
+    assert rows_of(path) == [(*row, None) for row in rows]  # marked and migrated: no recall yet
     await reader.connect()
     assert reader.usable
     await reader.close()
+
+
+async def test_a_store_of_schema_1_is_refused_by_a_reader_and_migrated_by_a_writer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    legacy_store(path, 5, version=1)
+    rows = rows_of(path)
+    reader = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable, match="schema 1: migrate it with `recallq worker init`"):
+        await reader.connect()
+    assert rows_of(path) == rows and schema_of(path) == (APPLICATION_ID, 1)  # not touched
+    writer = SQLiteStore(path, writable=True)
+    await writer.ensure_indexes()
+    assert schema_of(path) == (APPLICATION_ID, SCHEMA_VERSION)  # in the file, not only the WAL
+    recalled = Memory("r", "alice", LONG, "recalled", 2.0, last_accessed=3.0)
+    await writer.upsert([recalled], np.ones((1, DIMS), np.float32))
+    await writer.close()
+    assert what_is_at(path) is None
+    assert rows_of(path)[:5] == [(*row, None) for row in rows]  # every old row intact
+    [[hits]] = await reader.search(
+        [SearchGroup(LONG, "alice", np.ones((1, DIMS), np.float32), (10,))]
+    )
+    assert {c.memory.id for c in hits} == {"r", *(f"m{i}" for i in range(5))}
+    old = next(c.memory for c in hits if c.memory.id == "m0")
+    assert old.situational_tags == ("t",) and old.importance == 0.5 and old.last_accessed is None
+    assert next(c.memory for c in hits if c.memory.id == "r") == recalled
+    await reader.close()
+
+
+async def test_a_store_of_a_newer_schema_is_refused_by_readers_and_writers(tmp_path: Path) -> None:
+    path = tmp_path / "next.db"
+    legacy_store(path, 2, version=SCHEMA_VERSION + 1)
+    before = path.read_bytes()
+    with pytest.raises(StoreUnavailable, match="newer than this worker's"):
+        await SQLiteStore(path).connect()
+    writer = SQLiteStore(path, writable=True)
+    with pytest.raises(StoreUnavailable, match="refusing to write"):
+        await writer.ensure_indexes()
+    await writer.close()
+    assert path.read_bytes() == before
 
 
 async def test_a_writer_refuses_a_foreign_file_and_leaves_it_as_it_was(tmp_path: Path) -> None:

@@ -26,10 +26,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from schemas.messages import MemoryType
+from schemas.messages import NAME_PATTERN, MemoryType
 from worker.errors import ConfigError, InvalidMessage
 
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+NAME = re.compile(NAME_PATTERN)  # the wire's rule for memory type and field names
 MEMORIZZ = {
     "conversation_memory": "conversation_memory",
     "knowledge_base": "knowledge_base",
@@ -129,7 +129,7 @@ def load_profile(name: str, overrides: str = "", scope_fields: str = "") -> Prof
         memory_type, _, where = (side.strip() for side in entry.partition("="))
         collection, _, owner = (side.strip() for side in where.partition(":"))
         owner = owner or MEMORY_ID
-        if not all(NAME.match(part) for part in (memory_type, collection, owner)):
+        if not all(NAME.fullmatch(part) for part in (memory_type, collection, owner)):
             raise ConfigError(
                 f"RECALLQ_MEMORY_TYPES entry {entry!r}: expected type=collection or "
                 "type=collection:owner_field, each lowercase letters, digits and '_'"
@@ -137,7 +137,7 @@ def load_profile(name: str, overrides: str = "", scope_fields: str = "") -> Prof
         collections[memory_type] = collection
         owners[memory_type] = owner
     fields = frozenset(f.strip() for f in scope_fields.split(",") if f.strip())
-    if bad := sorted(f for f in fields if not NAME.match(f)):
+    if bad := sorted(f for f in fields if not NAME.fullmatch(f)):
         raise ConfigError(f"RECALLQ_SCOPE_FIELDS: not field names: {bad}")
     owners = {t: field for t, field in owners.items() if field != MEMORY_ID}
     return Profile(name, MappingProxyType(collections), fields, MappingProxyType(owners))

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from schemas.settings import BrokerSettings
+from schemas.wire import copy_request
 
 # Headers the broker adds on the way to the dead-letter queue, dropped on requeue.
 DEATH_HEADERS = {
@@ -97,7 +97,8 @@ async def requeue(settings: BrokerSettings, limit: int, request_id: str | None =
             letter = DeadLetter.of(message)
             if (request_id and letter.request_id != request_id) or letter.queue not in lanes:
                 continue
-            await exchange.publish(_as_sent(message), letter.queue, mandatory=True)
+            resent = copy_request(message, drop_headers=DEATH_HEADERS)
+            await exchange.publish(resent, letter.queue, mandatory=True)
             await message.ack()
             moved += 1
     return moved
@@ -107,19 +108,6 @@ async def purge(settings: BrokerSettings) -> int:
     async with dead_queue(settings) as (_, queue):
         result = await queue.purge()
         return int(result.message_count or 0)
-
-
-def _as_sent(message: AbstractIncomingMessage) -> Message:
-    headers = {k: v for k, v in (message.headers or {}).items() if k not in DEATH_HEADERS}
-    return Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        user_id=message.user_id,
-        delivery_mode=message.delivery_mode,
-    )
 
 
 def summarise(letters: list[DeadLetter]) -> str:

@@ -10,60 +10,82 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from tqdm import tqdm
 
+from schemas.memory import FIELD_NAMES, MEMORY_FIELDS, Memory
 from schemas.messages import MemoryType
 from worker.embedding.embedder import Embedder
 from worker.errors import describe_validation_error
-from worker.store.base import Memory, MemoryStore
+from worker.store.base import MemoryStore
+from worker.store.fields import epoch_seconds
+
+TAG_FIELDS = tuple(spec.name for spec in MEMORY_FIELDS if spec.kind == "tags")
 
 
-class MemoryRecord(BaseModel):
-    """One line of an ingest file; memorizz's document fields, embedding optional and ignored."""
+def _seconds(value: object) -> object:
+    """A time as epoch seconds: an ISO 8601 string is converted (a naive time is UTC,
+    never local time); anything else is left to the field's own validation."""
+    if isinstance(value, str):
+        seconds = epoch_seconds(value)
+        if seconds is None:
+            raise ValueError("must be epoch seconds or an ISO 8601 time")
+        return seconds
+    return value
+
+
+class IngestRecord(BaseModel):
+    """One line of an ingest file; memorizz's document fields, embedding optional and
+    ignored. Its fields are a memory's (schemas.memory), built into MemoryRecord below."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    memory_id: Annotated[str, Field(min_length=1, max_length=256, strict=True)]
-    memory_type: MemoryType
-    content: Annotated[str, Field(min_length=1)]
-    timestamp: float
-    summary_content: str | None = None
-    role: str | None = None
-    situational_tags: list[str] | None = None
-    importance: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-
-    @field_validator("timestamp", mode="before")
-    @classmethod
-    def _epoch_seconds(cls, value: object) -> object:
-        if isinstance(value, str):
-            moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:  # a naive time is taken as UTC, never as local time
-                moment = moment.replace(tzinfo=UTC)
-            return moment.timestamp()
-        return value
-
     def to_memory(self) -> Memory:
-        return Memory(
-            id=self.id or self._stable_id(),
-            memory_id=self.memory_id,
-            memory_type=self.memory_type,
-            content=self.content,
-            timestamp=self.timestamp,
-            summary_content=self.summary_content,
-            role=self.role,
-            situational_tags=tuple(self.situational_tags) if self.situational_tags else None,
-            importance=self.importance,
-        )
+        values: dict[str, Any] = {name: getattr(self, name) for name in FIELD_NAMES}
+        values["id"] = values["id"] or self._stable_id()
+        for name in TAG_FIELDS:
+            values[name] = tuple(values[name]) if values[name] else None
+        return Memory(**values)
 
     def _stable_id(self) -> str:
-        key = f"{self.memory_type}\0{self.memory_id}\0{self.timestamp}\0{self.content}"
+        parts = (
+            getattr(self, name) for name in ("memory_type", "memory_id", "timestamp", "content")
+        )
+        key = "\0".join(map(str, parts))
         return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+# What a line must satisfy beyond a memory field's own type (every other field is taken
+# as schemas.memory declares it, optional where it has a default).
+RULES: dict[str, tuple[Any, Any]] = {
+    "id": (Annotated[str, Field(min_length=1, max_length=256)] | None, None),  # else derived
+    "memory_id": (Annotated[str, Field(min_length=1, max_length=256, strict=True)], ...),
+    "memory_type": (MemoryType, ...),  # the built-in profile's types only
+    "content": (Annotated[str, Field(min_length=1)], ...),
+    "timestamp": (float, ...),  # required here, though a row written by others may lack one
+    "importance": (Annotated[float, Field(ge=0.0, le=1.0)] | None, None),
+}
+
+
+def _record_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for spec in MEMORY_FIELDS:
+        if spec.name in RULES:
+            annotation, default = RULES[spec.name]
+        else:
+            annotation, default = spec.annotation, ... if spec.required else None
+            if spec.kind == "tags":  # a JSON array: a list, as in a reply
+                annotation = list[str] | None if spec.optional else list[str]
+        if spec.time:  # epoch seconds, or an ISO 8601 string
+            annotation = Annotated[annotation, BeforeValidator(_seconds)]
+        fields[spec.name] = (annotation, default)
+    return fields
+
+
+MemoryRecord = create_model("MemoryRecord", __base__=IngestRecord, **_record_fields())
 
 
 @dataclass

@@ -41,14 +41,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Lane:
+class ModelLane:
     """One loaded model and the one thread that ever calls it."""
 
     encoder: Encoder
     thread: ThreadPoolExecutor
 
     @classmethod
-    def start(cls, spec: EncoderSpec, index: int) -> Lane:
+    def start(cls, spec: EncoderSpec, index: int) -> ModelLane:
         thread = single_thread(f"recallq-embed-{index}", spec.nice)
         return cls(thread.submit(load_encoder, spec).result(), thread)
 
@@ -61,15 +61,11 @@ class CacheStats:
     lookups: int = 0
     hits: int = 0
 
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
 
 class Embedder:
-    def __init__(self, lanes: Sequence[Lane], cache_size: int = 10_000) -> None:
+    def __init__(self, lanes: Sequence[ModelLane], cache_size: int = 10_000) -> None:
         self._lanes = list(lanes)
-        self._free: asyncio.Queue[Lane] | None = None  # made on first use, on the loop
+        self._free: asyncio.Queue[ModelLane] | None = None  # made on first use, on the loop
         self._cache: OrderedDict[str, Vectors] = OrderedDict()
         self._cache_lock = threading.Lock()  # lanes run on their own threads
         self._cache_size = cache_size
@@ -94,7 +90,7 @@ class Embedder:
         """Load the spec's lanes (copies of the backend, each on its thread), warm them;
         blocking."""
         spec = resolved(spec or EncoderSpec())
-        loaded = [Lane.start(spec, index) for index in range(spec.lanes)]
+        loaded = [ModelLane.start(spec, index) for index in range(spec.lanes)]
         embedder = cls(loaded, cache_size)
         # The largest batch shape once, so the first real batch pays no allocation or autotune.
         longest = " ".join(["memory"] * embedder.max_tokens)
@@ -114,13 +110,9 @@ class Embedder:
         """
         return min(self.max_tokens, 2 + len(text) // 3)
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
-        """Unit-length float32 vectors, one row per text (blocking; on the first lane)."""
-        lane = self._lanes[0]
-        return lane.run(self._encode, lane.encoder, list(texts))
-
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        """The same, on whichever lane is free first (waiting for one if none is)."""
+        """Unit-length float32 vectors, one row per text, on whichever model lane is free
+        first (waiting for one if none is)."""
         if self._free is None:
             self._free = asyncio.Queue()
             for lane in self._lanes:

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from schemas.memory import Memory as Memory  # re-exported: the one definition of a memory
+from worker.store.group_cache import GroupCacheStats
 from worker.vectors import Vectors as Vectors  # re-exported: the stores' array type
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """A stored memory, without its embedding."""
-
-    id: str
-    memory_id: str  # its owner value (the profile's owner field; memory_id by default)
-    memory_type: str  # the collection it is stored in
-    content: str
-    timestamp: float | None  # epoch seconds; None: the row has no time (no recency penalty)
-    summary_content: str | None = None
-    role: str | None = None
-    situational_tags: tuple[str, ...] | None = None
-    importance: float | None = None
-    last_accessed: float | None = None  # epoch seconds of the last recall, where recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +25,8 @@ class SearchGroup:
     `ks[i]` is how many candidates query `vectors[i]` wants.
     """
 
-    memory_type: str  # the collection to search (the profile maps request types to it)
-    memory_id: str  # the owner value: rows whose `owner_field` equals it
+    collection: str  # the collection to search (the profile maps request types to it)
+    owner: str  # the owner value (the request's memory_id): rows whose `owner_field` equals it
     vectors: Vectors
     ks: tuple[int, ...]
     filters: tuple[tuple[str, str], ...] = ()  # scope equalities, sorted
@@ -51,7 +37,14 @@ GroupResult = list[list[Candidate]]  # per query of the group, best first
 
 
 class MemoryStore(Protocol):
-    usable: bool  # false while the store cannot be served (readiness reports it)
+    # Called with (collection, rows) when a search skipped rows without an embedding
+    # (memorizz back-fills them); a store that never skips never calls it.
+    on_skipped: Callable[[str, int], None]
+
+    @property
+    def usable(self) -> bool:
+        """False while the store cannot be served (readiness reports it)."""
+        ...
 
     async def connect(self) -> None:
         """Open connections and choose the search mode; called once before serving."""
@@ -73,5 +66,9 @@ class MemoryStore(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def cache_stats(self) -> GroupCacheStats | None:
+        """The store's group cache, for the metrics; None for a store without one."""
+        ...
 
     async def close(self) -> None: ...

@@ -1,7 +1,7 @@
 """The MongoDB store: PyMongo's AsyncMongoClient, $vectorSearch or exact scoring.
 
 Modes: `vector` runs one $vectorSearch per query (MongoDB has no batched
-vector search); `exact` fetches a group's documents by memory_id on a B-tree
+vector search); `exact` fetches a group's documents by owner on a B-tree
 index and scores them with the same matrix code as SQLite; `auto` probes the
 server at connect and picks vector only where $vectorSearch answers and every
 collection's index is queryable. Driver errors become StoreUnavailable.
@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
-from worker.access.profiles import MEMORY_ID
+from worker.access.profiles import MEMORY_ID, Profile
 from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
-from worker.settings import WorkerSettings
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
 from worker.store.mongo_query import (
@@ -38,6 +38,9 @@ from worker.store.mongo_query import (
     vector_search_pipeline,
 )
 
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -48,28 +51,77 @@ BTREE_INDEX = "memory_id_timestamp"
 DIMENSION_SAMPLE = 5  # embeddings per collection checked against the model at start
 
 
+@dataclass(frozen=True, slots=True)
+class MongoOptions:
+    """How the store searches and talks to the server: RECALLQ_MONGO_* and
+    RECALLQ_SEARCH_CONCURRENCY (worker.settings describes each)."""
+
+    search: Literal["auto", "vector", "exact"]
+    vector_index: str
+    vector_exact: bool
+    query_timeout_ms: int
+    index_wait_s: float
+    search_concurrency: int
+    max_pool_size: int
+    min_pool_size: int
+    max_connecting: int
+    server_selection_timeout_ms: int
+    connect_timeout_ms: int
+    socket_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> MongoOptions:
+        return cls(
+            search=settings.mongo_search,
+            vector_index=settings.mongo_vector_index,
+            vector_exact=settings.mongo_vector_exact,
+            query_timeout_ms=settings.mongo_query_timeout_ms,
+            index_wait_s=settings.mongo_index_wait_s,
+            search_concurrency=settings.search_concurrency,
+            max_pool_size=settings.mongo_max_pool_size,
+            min_pool_size=settings.mongo_min_pool_size,
+            max_connecting=settings.mongo_max_connecting,
+            server_selection_timeout_ms=settings.mongo_server_selection_timeout_ms,
+            connect_timeout_ms=settings.mongo_connect_timeout_ms,
+            socket_timeout_ms=settings.mongo_socket_timeout_ms,
+        )
+
+
 class MongoStore:
-    def __init__(self, settings: WorkerSettings, dimensions: int) -> None:
-        self._settings = settings
+    """`profile`: the memory types served, their collections and owner fields;
+    `dimensions` and `model`: the embedder's (`model` names it in errors)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        database: str,
+        profile: Profile,
+        dimensions: int,
+        options: MongoOptions,
+        model: str,
+    ) -> None:
+        self._options = options
+        self._database = database
         self._dimensions = dimensions
+        self._profile = profile
         # Only the collections this deployment maps: a memorizz database has no
         # recallq-only collections, and the probe must not ask for them.
-        self._profile = settings.profile()
-        self._collections = self._profile.distinct_collections
-        self._model = settings.embed_model or "the bundled all-MiniLM-L6-v2"
+        self._collections = profile.distinct_collections
+        self._model = model
         self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            settings.store_url,
+            url,
             appname="recallq",
-            maxPoolSize=settings.mongo_max_pool_size,
-            minPoolSize=settings.mongo_min_pool_size,
-            maxConnecting=settings.mongo_max_connecting,
-            serverSelectionTimeoutMS=settings.mongo_server_selection_timeout_ms,
-            connectTimeoutMS=settings.mongo_connect_timeout_ms,
-            socketTimeoutMS=settings.mongo_socket_timeout_ms,
+            maxPoolSize=options.max_pool_size,
+            minPoolSize=options.min_pool_size,
+            maxConnecting=options.max_connecting,
+            serverSelectionTimeoutMS=options.server_selection_timeout_ms,
+            connectTimeoutMS=options.connect_timeout_ms,
+            socketTimeoutMS=options.socket_timeout_ms,
         )
-        self._db = self._client[settings.mongo_database]
-        self._gate = asyncio.Semaphore(settings.search_concurrency)
+        self._db = self._client[database]
+        self._gate = asyncio.Semaphore(options.search_concurrency)
         self.usable = True
         self.mode: Literal["vector", "exact"] = "exact"
         self.reason = "not connected yet"
@@ -78,7 +130,7 @@ class MongoStore:
         """Check the stored embeddings fit the model, then choose the search mode: forced
         by settings, or probed (auto)."""
         await self._guarded(self._check_dimensions)
-        wanted = self._settings.mongo_search
+        wanted = self._options.search
         if wanted == "exact":
             self.mode, self.reason = "exact", "RECALLQ_MONGO_SEARCH=exact"
         else:
@@ -116,13 +168,13 @@ class MongoStore:
                 keys = [(owner, ASCENDING), ("timestamp", DESCENDING)]
                 index = BTREE_INDEX if owner == MEMORY_ID else f"{owner}_timestamp"
                 await self._guarded(partial(collection.create_index, keys, name=index))
-        if self._settings.mongo_search == "exact":
+        if self._options.search == "exact":
             return
         try:
             for name in self._collections:
                 await self._guarded(partial(self._create_vector_index, name))
         except _NoVectorSearch as exc:
-            if self._settings.mongo_search == "vector":
+            if self._options.search == "vector":
                 raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {exc}") from None
             log.info("no vector search on this server; exact search only", reason=str(exc))
             return
@@ -131,21 +183,25 @@ class MongoStore:
     def describe(self) -> dict[str, Any]:
         return {
             "store": "mongodb",
-            "database": self._settings.mongo_database,
+            "database": self._database,
             "mode": self.mode,
             "reason": self.reason,
-            "vector_exact": self._settings.mongo_vector_exact,
+            "vector_exact": self._options.vector_exact,
         }
+
+    def cache_stats(self) -> None:
+        """No group cache: every search asks the server."""
+        return None
 
     async def close(self) -> None:
         await self._client.close()
 
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
-        collection = self._db[group.memory_type]
+        collection = self._db[group.collection]
         owner = group.owner_field
-        query = tenant_filter(group.memory_id, group.filters, owner)
+        query = tenant_filter(group.owner, group.filters, owner)
         fields = projection(owner, embedding=True)
-        timeout_ms = self._settings.mongo_query_timeout_ms
+        timeout_ms = self._options.query_timeout_ms
 
         async def fetch() -> list[dict[str, Any]]:
             cursor = collection.find(query, fields)
@@ -154,12 +210,12 @@ class MongoStore:
         fetched = await self._guarded(fetch)
         documents = [d for d in fetched if isinstance(d.get("embedding"), list)]
         if len(documents) < len(fetched):  # not embedded yet (memorizz back-fills them)
-            self.on_skipped(group.memory_type, len(fetched) - len(documents))
-        memories = [to_memory(d, group.memory_type, owner) for d in documents]
+            self.on_skipped(group.collection, len(fetched) - len(documents))
+        memories = [to_memory(d, group.collection, owner) for d in documents]
         try:
             matrix = embedding_matrix(documents, self._dimensions)
         except ValueError:
-            raise StoreMismatch(f"{group.memory_type}: embeddings of unequal length") from None
+            raise StoreMismatch(f"{group.collection}: embeddings of unequal length") from None
         return score_group(memories, matrix, group.vectors, group.ks)
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
@@ -168,16 +224,16 @@ class MongoStore:
 
     async def _vector_query(self, group: SearchGroup, row: int) -> list[Candidate]:
         pipeline = vector_search_pipeline(
-            self._settings.mongo_vector_index,
+            self._options.vector_index,
             group.vectors[row],
-            group.memory_id,
+            group.owner,
             group.ks[row],
-            exact=self._settings.mongo_vector_exact,
+            exact=self._options.vector_exact,
             scope=group.filters,
             owner_field=group.owner_field,
         )
-        collection = self._db[group.memory_type]
-        timeout_ms = self._settings.mongo_query_timeout_ms
+        collection = self._db[group.collection]
+        timeout_ms = self._options.query_timeout_ms
 
         async def run() -> list[dict[str, Any]]:
             cursor = await collection.aggregate(pipeline, maxTimeMS=timeout_ms)
@@ -185,7 +241,7 @@ class MongoStore:
 
         return [
             Candidate(
-                to_memory(d, group.memory_type, group.owner_field),
+                to_memory(d, group.collection, group.owner_field),
                 cosine_from_vector_score(d["score"]),
             )
             for d in await self._guarded(run)
@@ -223,7 +279,7 @@ class MongoStore:
         for name in self._collections:
             collection = self._db[name]
             try:
-                cursor = await collection.list_search_indexes(self._settings.mongo_vector_index)
+                cursor = await collection.list_search_indexes(self._options.vector_index)
                 indexes = await cursor.to_list(None)
             except OperationFailure as exc:
                 if exc.code in NO_VECTOR_SEARCH_CODES or "Atlas" in str(exc):
@@ -242,7 +298,7 @@ class MongoStore:
 
     async def _create_vector_index(self, name_of_collection: str) -> None:
         collection = self._db[name_of_collection]
-        name = self._settings.mongo_vector_index
+        name = self._options.vector_index
         existing = await (await collection.list_search_indexes(name)).to_list(None)
         if existing:
             return
@@ -259,11 +315,11 @@ class MongoStore:
         log.info("vector index created", collection=name_of_collection, index=name)
 
     async def _wait_until_queryable(self) -> None:
-        deadline = time.monotonic() + self._settings.mongo_index_wait_s
+        deadline = time.monotonic() + self._options.index_wait_s
         while (missing := await self._guarded(self._vector_search_missing)) is not None:
             if time.monotonic() > deadline:
                 raise ConfigError(
-                    f"{missing} after {self._settings.mongo_index_wait_s:.0f} s; "
+                    f"{missing} after {self._options.index_wait_s:.0f} s; "
                     "check the search node (mongot) and raise RECALLQ_MONGO_INDEX_WAIT_S"
                 )
             log.info("waiting for vector indexes", reason=missing)

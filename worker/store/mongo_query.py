@@ -1,16 +1,19 @@
 """MongoDB documents and queries, as pure functions: testable without a server.
 
-Documents follow memorizz: one collection per memory type, `memory_id`,
-`content`, `embedding` (array of floats), `timestamp` and optional fields.
+Documents follow memorizz: one collection per memory type, `_id` (the memory's
+id), `embedding` (array of floats) and a memory's other fields under their own
+names (schemas.memory), the optional ones only where set. memorizz's rows name
+some of them otherwise (worker.store.fields reads every variant).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from schemas.memory import FIELD_NAMES, MEMORY_FIELDS
 from worker.store.base import Memory, Vectors
 from worker.store.fields import (
     ACCESS_FIELDS,
@@ -24,18 +27,17 @@ from worker.store.fields import (
 )
 
 MAX_NUM_CANDIDATES = 10_000
-MEMORY_FIELDS = (
-    "memory_id",
-    "content",
-    "summary_content",
-    "role",
-    "situational_tags",
-    "metadata",
-    *TIME_FIELDS,
-    *ACCESS_FIELDS,
-    *IMPORTANCE_FIELDS,
-    *TEXT_FIELDS,
-)
+# A memory's fields as a document holds them: its id is `_id`, its memory type the
+# collection's name.
+DOCUMENT_FIELDS = tuple(name for name in FIELD_NAMES if name not in ("id", "memory_type"))
+ALWAYS_WRITTEN = tuple(f.name for f in MEMORY_FIELDS if f.required and f.name in DOCUMENT_FIELDS)
+# What a Memory is read from: its fields and the other names memorizz gives them.
+READ_FIELDS = tuple(
+    dict.fromkeys(
+        (*DOCUMENT_FIELDS, "metadata", *TIME_FIELDS, *ACCESS_FIELDS, *IMPORTANCE_FIELDS,
+         *TEXT_FIELDS)
+    )
+)  # fmt: skip
 
 
 def tenant_filter(
@@ -56,7 +58,7 @@ def tenant_filter(
 
 def projection(owner_field: str, *, embedding: bool) -> dict[str, Any]:
     """The fields a Memory is read from, the owner field among them."""
-    fields = (*MEMORY_FIELDS, owner_field, *(("embedding",) if embedding else ()))
+    fields = (*READ_FIELDS, owner_field, *(("embedding",) if embedding else ()))
     return {field: 1 for field in fields}
 
 
@@ -127,37 +129,49 @@ def cosine_from_vector_score(score: float) -> float:
 
 
 def to_document(memory: Memory, embedding: Vectors) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "_id": memory.id,
-        "memory_id": memory.memory_id,
-        "content": memory.content,
-        "timestamp": memory.timestamp,
-        "embedding": [float(x) for x in embedding],
-    }
-    optional = {
-        "summary_content": memory.summary_content,
-        "role": memory.role,
-        "situational_tags": list(memory.situational_tags) if memory.situational_tags else None,
-        "importance": memory.importance,
-    }
-    document.update({key: value for key, value in optional.items() if value is not None})
+    document: dict[str, Any] = {"_id": memory.id}
+    for name in DOCUMENT_FIELDS:
+        value = getattr(memory, name)
+        if isinstance(value, tuple):
+            value = list(value) or None
+        if value is not None or name in ALWAYS_WRITTEN:
+            document[name] = value
+    document["embedding"] = [float(x) for x in embedding]
     return document
 
 
-def to_memory(document: dict[str, Any], memory_type: str, owner_field: str = "memory_id") -> Memory:
+def _text(name: str) -> Callable[[Mapping[str, Any]], str | None]:
+    def read(document: Mapping[str, Any]) -> str | None:
+        value = document.get(name)
+        return value if isinstance(value, str) else None
+
+    return read
+
+
+def _tags(document: Mapping[str, Any]) -> tuple[str, ...] | None:
     tags = document.get("situational_tags")
-    summary, role = document.get("summary_content"), document.get("role")
+    return tuple(str(tag) for tag in tags) if isinstance(tags, list) else None
+
+
+# How each field of a Memory is read from a document, beside `id` (from `_id`),
+# `memory_id` (from the owner field) and `memory_type` (the collection).
+READERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "content": read_content,
+    "timestamp": read_time,
+    "summary_content": _text("summary_content"),
+    "role": _text("role"),
+    "situational_tags": _tags,
+    "importance": read_importance,
+    "last_accessed": read_last_accessed,
+}
+
+
+def to_memory(document: dict[str, Any], collection: str, owner_field: str = "memory_id") -> Memory:
     return Memory(
         id=str(document["_id"]),
         memory_id=str(document[owner_field]),
-        memory_type=memory_type,
-        content=read_content(document),
-        timestamp=read_time(document),
-        summary_content=summary if isinstance(summary, str) else None,
-        role=role if isinstance(role, str) else None,
-        situational_tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else None,
-        importance=read_importance(document),
-        last_accessed=read_last_accessed(document),
+        memory_type=collection,
+        **{name: read(document) for name, read in READERS.items()},
     )
 
 

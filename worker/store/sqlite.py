@@ -30,9 +30,11 @@ import structlog
 from worker.errors import StoreUnavailable
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import check_dimensions, top_k
-from worker.store.group_cache import GroupCache
+from worker.store.group_cache import GroupCache, GroupCacheStats
 from worker.store.sqlite_file import (
     COLUMNS,
+    JSON_COLUMNS,
+    MEMORY_COLUMNS,
     Identity,
     close_writer,
     identity,
@@ -49,11 +51,10 @@ PLACEHOLDERS = ",".join("?" * len(COLUMNS))
 
 # No ORDER BY: with one, SQLite walks the primary key and scans the whole memory type.
 GROUP_QUERY = "SELECT rowid, embedding FROM memories WHERE memory_type = ? AND memory_id = ?"
-ROW_COLUMNS = COLUMN_LIST.removesuffix(", embedding")
-ROWS_QUERY = "SELECT rowid, " + ROW_COLUMNS + " FROM memories WHERE rowid IN ({})"
+ROWS_QUERY = "SELECT rowid, " + ", ".join(MEMORY_COLUMNS) + " FROM memories WHERE rowid IN ({})"
 ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
+JSON_INDEXES = tuple(MEMORY_COLUMNS.index(name) for name in JSON_COLUMNS)
 
-GroupKey = tuple[str, str]
 RowIds = npt.NDArray[np.int64]
 GroupData = tuple[RowIds, Vectors]  # rowids, and the embeddings in the same order
 GROUP_OVERHEAD_BYTES = 400  # the key, the tuple and two array headers
@@ -82,6 +83,8 @@ class SQLiteStore:
         self._data_version = -1
         self._identity: Identity = NOT_OPENED
         self.usable = True  # false from a failed call until the next one succeeds
+        # Never called: every row of this store has its embedding (ingest wrote it).
+        self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._problem: str | None = None  # what the last failed call found, logged once
         self._closed = False
 
@@ -106,6 +109,9 @@ class SQLiteStore:
     def describe(self) -> dict[str, Any]:
         access = "read-write" if self.writable else "read-only"
         return {"store": "sqlite", "path": str(self.path), "mode": "exact", "access": access}
+
+    def cache_stats(self) -> GroupCacheStats:
+        return self.cache.stats
 
     async def close(self) -> None:
         """Close the file (a writer empties its WAL first); a second close does nothing."""
@@ -207,16 +213,16 @@ class SQLiteStore:
     def _score(
         self, conn: sqlite3.Connection, group: SearchGroup
     ) -> tuple[RowIds, list[list[tuple[int, float]]]]:
-        ids, matrix = self._group(conn, group.memory_type, group.memory_id)
+        ids, matrix = self._group(conn, group.collection, group.owner)
         check_dimensions(matrix, group.vectors)
         return ids, top_k(matrix, group.vectors, group.ks)
 
-    def _group(self, conn: sqlite3.Connection, memory_type: str, memory_id: str) -> GroupData:
-        key = (memory_type, memory_id)
+    def _group(self, conn: sqlite3.Connection, collection: str, owner: str) -> GroupData:
+        key = (collection, owner)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        rows = conn.execute(GROUP_QUERY, (memory_type, memory_id)).fetchall()
+        rows = conn.execute(GROUP_QUERY, (collection, owner)).fetchall()
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         blobs = b"".join([row[1] for row in rows])
         matrix = np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1) if rows else EMPTY
@@ -238,30 +244,16 @@ EMPTY = np.zeros((0, 0), dtype=np.float32)
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:
-    tags = json.dumps(list(memory.situational_tags)) if memory.situational_tags else None
-    return (
-        memory.memory_type,
-        memory.id,
-        memory.memory_id,
-        memory.content,
-        memory.summary_content,
-        memory.role,
-        memory.timestamp,
-        tags,
-        memory.importance,
-        np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
-    )
+    """The memory's columns (MEMORY_COLUMNS, tags as JSON) and its embedding's bytes."""
+    row = [getattr(memory, name) for name in MEMORY_COLUMNS]
+    for index in JSON_INDEXES:
+        row[index] = json.dumps(list(row[index])) if row[index] else None
+    row.append(np.ascontiguousarray(vector, dtype=np.float32).tobytes())
+    return tuple(row)
 
 
 def _memory(row: tuple[Any, ...]) -> Memory:
-    return Memory(
-        memory_type=row[0],
-        id=row[1],
-        memory_id=row[2],
-        content=row[3],
-        summary_content=row[4],
-        role=row[5],
-        timestamp=row[6],
-        situational_tags=tuple(json.loads(row[7])) if row[7] else None,
-        importance=row[8],
-    )
+    values = dict(zip(MEMORY_COLUMNS, row, strict=True))
+    for name in JSON_COLUMNS:
+        values[name] = tuple(json.loads(values[name])) if values[name] else None
+    return Memory(**values)

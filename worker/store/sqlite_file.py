@@ -21,43 +21,51 @@ from pathlib import Path
 
 import structlog
 
+from schemas.memory import FIELD_NAMES, FIELDS, MEMORY_FIELDS, Kind, MemoryField
 from worker.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 APPLICATION_ID = 0x72636C71  # "rclq"
-SCHEMA_VERSION = 1
+# 1: the first marked stores; 2: last_accessed. A writer (ingest, init) migrates an
+# older store, or an unmarked one (its columns are version 1's), in one transaction.
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS memories (
-    memory_type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    memory_id TEXT NOT NULL,
-    content TEXT NOT NULL,
-    summary_content TEXT,
-    role TEXT,
-    timestamp REAL NOT NULL,
-    situational_tags TEXT,
-    importance REAL,
-    embedding BLOB NOT NULL,
-    PRIMARY KEY (memory_type, id)
-);
-CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id);
-"""
-COLUMNS = (
-    "memory_type",
-    "id",
-    "memory_id",
-    "content",
-    "summary_content",
-    "role",
-    "timestamp",
-    "situational_tags",
-    "importance",
-    "embedding",
+# The table's columns are a memory's fields (schemas.memory), in its order, and the
+# embedding. A field without a default is NOT NULL: every memory here came through
+# ingest, which requires a time. Tags are a JSON array.
+SQL_TYPES: dict[Kind, str] = {"text": "TEXT", "number": "REAL", "tags": "TEXT"}
+MEMORY_COLUMNS = FIELD_NAMES
+JSON_COLUMNS = tuple(f.name for f in MEMORY_FIELDS if f.kind == "tags")
+COLUMNS = (*MEMORY_COLUMNS, "embedding")
+# The schema version that added each column after the first (always nullable: ALTER TABLE
+# ADD COLUMN cannot fill a NOT NULL column in the rows already there).
+ADDED_IN = {"last_accessed": 2}
+
+
+def _column(spec: MemoryField) -> str:
+    return f"{spec.name} {SQL_TYPES[spec.kind]}" + (" NOT NULL" if spec.required else "")
+
+
+COLUMN_DEFINITIONS = {spec.name: _column(spec) for spec in MEMORY_FIELDS}
+if added_not_null := [name for name in ADDED_IN if FIELDS[name].required]:
+    raise TypeError(f"columns added by a migration must be nullable: {added_not_null}")
+SCHEMA_STATEMENTS = (
+    "CREATE TABLE IF NOT EXISTS memories (\n    "
+    + ",\n    ".join([*COLUMN_DEFINITIONS.values(), "embedding BLOB NOT NULL"])
+    + ",\n    PRIMARY KEY (memory_type, id)\n)",
+    "CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id)",
 )
+SCHEMA = "".join(f"{statement};\n" for statement in SCHEMA_STATEMENTS)
+
+
+def columns_of_version(version: int) -> tuple[str, ...]:
+    """The columns a store of schema `version` has (an unmarked store: version 1's)."""
+    return tuple(name for name in COLUMNS if ADDED_IN.get(name, 1) <= version)
+
+
 HOW_TO_CREATE = "create it with `recallq worker ingest FILE` or `recallq worker init`"
 
 Identity = tuple[int, int]  # (st_dev, st_ino): which file sits at the path
@@ -81,8 +89,7 @@ def what_is_at(path: Path) -> str | None:
         return "an empty file (0 bytes), not a recallq store"
     if len(header) < HEADER_BYTES or not header.startswith(SQLITE_MAGIC):
         return "not a SQLite database"
-    version = int.from_bytes(header[60:64], "big")
-    application = int.from_bytes(header[68:72], "big")
+    application, version = _marks(header)
     if application != APPLICATION_ID:
         return (
             f"a SQLite database that is not a recallq store (application_id {application:#x}); "
@@ -116,17 +123,17 @@ def open_for_reading(path: Path, busy_timeout_s: float) -> tuple[sqlite3.Connect
 
 def open_for_writing(path: Path, busy_timeout_s: float) -> tuple[sqlite3.Connection, Identity]:
     """A read-write connection for ingest and init: creates the store (marked, in WAL
-    mode) where nothing is, marks a store made before marks existed, and refuses any
-    other file rather than write into it."""
+    mode) where nothing is, marks a store made before marks existed, migrates a store of
+    an older schema, and refuses any other file rather than write into it."""
     _make_directory(path.parent)
     fresh = not path.exists() or path.stat().st_size == 0
     found = None if fresh else what_is_at(path)
-    unmarked = found is not None and _unmarked_store(path)
-    if found is not None and not unmarked:
+    upgradable = found is not None and (_older_store(path) or _unmarked_store(path))
+    if found is not None and not upgradable:
         raise StoreUnavailable(f"sqlite {path} is {found}: refusing to write into it")
     conn = sqlite3.connect(path, timeout=busy_timeout_s)
     try:
-        if fresh or unmarked:
+        if fresh or upgradable:
             _mark(conn, path, created=fresh)
         conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for this writer
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -154,17 +161,39 @@ def close_writer(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _mark(conn: sqlite3.Connection, path: Path, *, created: bool) -> None:
-    """Schema and marks in one rollback-journal transaction, before WAL mode is on, so
-    they are in the file itself from the first commit (the header check reads them)."""
-    conn.executescript(
-        "BEGIN;"
-        + SCHEMA
-        + f"PRAGMA application_id = {APPLICATION_ID};"
-        + f"PRAGMA user_version = {SCHEMA_VERSION};"
-        + "COMMIT;"
-    )
+    """Schema, the columns a store of an older schema lacks, and marks, in one transaction
+    (for a new file a rollback-journal one, before WAL mode is on), then checkpointed, so
+    they are in the file itself (the header check reads them). What the store was is
+    read under the write lock: a writer that migrated it meanwhile leaves nothing to do."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        marked = conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        version = conn.execute("PRAGMA user_version").fetchone()[0] if marked else 1
+        for statement in SCHEMA_STATEMENTS:  # IF NOT EXISTS: an existing table stays
+            conn.execute(statement)
+        present = _columns(conn)
+        for name, added in ADDED_IN.items():
+            if added > version and name not in present:
+                conn.execute(f"ALTER TABLE memories ADD COLUMN {COLUMN_DEFINITIONS[name]}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an old store in WAL mode: into the file
-    log.info("sqlite store created" if created else "sqlite store marked", path=str(path))
+    if created:
+        log.info("sqlite store created", path=str(path), schema=SCHEMA_VERSION)
+    elif not marked:
+        log.info("sqlite store marked", path=str(path), schema=SCHEMA_VERSION)
+    elif version < SCHEMA_VERSION:
+        log.info("sqlite store migrated", path=str(path), schema=SCHEMA_VERSION, was=version)
+
+
+def _older_store(path: Path) -> bool:
+    """A recallq store of an older schema, which a writer migrates."""
+    application, version = _marks(_header(path))
+    return application == APPLICATION_ID and 1 <= version < SCHEMA_VERSION
 
 
 def _unmarked_store(path: Path) -> bool:
@@ -174,7 +203,7 @@ def _unmarked_store(path: Path) -> bool:
         return False
     conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
     try:
-        return set(COLUMNS) <= _columns(conn)
+        return set(columns_of_version(1)) <= _columns(conn)
     except sqlite3.DatabaseError:
         return False
     finally:
@@ -184,6 +213,11 @@ def _unmarked_store(path: Path) -> bool:
 def _header(path: Path) -> bytes:
     with path.open("rb") as file:
         return file.read(HEADER_BYTES)
+
+
+def _marks(header: bytes) -> tuple[int, int]:
+    """(application_id, user_version) from a database header."""
+    return int.from_bytes(header[68:72], "big"), int.from_bytes(header[60:64], "big")
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:

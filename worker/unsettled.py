@@ -1,7 +1,7 @@
 """Deliveries taken and not yet settled, and a watchdog for ones left too long.
 
 Every delivery is opened when the consumer receives it and closed by the settle
-function, whatever became of it. The in-flight gauge reads this ledger, so it
+function, whatever became of it. The in-flight gauge reads this unsettled, so it
 cannot drift. A delivery still open after `limit_s` means a stage is stuck: the
 watchdog logs it once, counts it and reports the worker not ready, so an
 orchestrator restarts it (its unacked deliveries then go to another replica).
