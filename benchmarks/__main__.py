@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bulk_interactive, chaos, dashboard, harness, overload
+from benchmarks import bulk_interactive, chaos, dashboard, harness, overload, quality
 from benchmarks.common import RESULTS
 
 
@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     commands.add_parser(
         "dashboard", help="the Grafana dashboard's queries on a live 2-worker fleet, drawn"
     )
+    quality_cmd = commands.add_parser(
+        "quality", help="LoCoMo recall (R@5/10/25/50) of every search mode through a worker"
+    )
+    quality_cmd.add_argument("--data", type=Path, help="locomo JSON (default: ../shared/data)")
+    quality_cmd.add_argument("--quick", action="store_true", help="20 questions a conversation")
     args = parser.parse_args(argv)
     if args.command == "run":
         harness.main(quick=args.quick, results_dir=args.results)
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         overload.main(args.factor, args.rate, quick=args.quick)
     elif args.command == "dashboard":
         return dashboard.main()
+    elif args.command == "quality":
+        return quality.main(args.data, quick=args.quick)
     elif args.command == "chaos":
         return chaos.main(args.requests, args.kills, args.cluster)
     return 0

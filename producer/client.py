@@ -28,10 +28,12 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from schemas.connect import connect_waiting
 from schemas.messages import (
     ErrorCode,
+    Fusion,
     MemoryType,
     RankWeights,
     RetrievalRequest,
     RetrievalResponse,
+    SearchMode,
 )
 from schemas.settings import BrokerSettings
 from schemas.wire import TRANSIENT_AMQP_ERRORS, WireError, read_reply, request_message
@@ -83,6 +85,8 @@ class Query:
     min_score: float | None = None
     weights: RankWeights | None = None
     filters: Mapping[str, str] | None = None
+    search: SearchMode | None = None  # vector, lexical or hybrid; None: the worker's default
+    fusion: Fusion | None = None
 
 
 async def connect_client(
@@ -196,6 +200,8 @@ class RetrievalClient:
             min_score=query.min_score,
             weights=query.weights,
             filters=dict(query.filters) if query.filters is not None else None,
+            search=query.search,
+            fusion=query.fusion,
         )
         future: asyncio.Future[RetrievalResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
@@ -242,10 +248,12 @@ class RetrievalClient:
         min_score: float | None = None,
         weights: RankWeights | None = None,
         filters: Mapping[str, str] | None = None,
+        search: SearchMode | None = None,
+        fusion: Fusion | None = None,
     ) -> RetrievalResponse:
         """Retrieve and wait for the reply; raises RetrievalTimeout after `timeout` seconds."""
         timeout = self.timeout if timeout is None else timeout
-        call = Query(query, memory_id, limits, min_score, weights, filters)
+        call = Query(query, memory_id, limits, min_score, weights, filters, search, fusion)
         future = await self.submit(call, request_id=request_id, timeout=timeout)
         return await self.wait(future, timeout)
 

@@ -23,6 +23,7 @@ from schemas.messages import (
     MemoryHit,
     RetrievalRequest,
     RetrievalResponse,
+    SearchMode,
     Timings,
 )
 from worker.access.profiles import Profile
@@ -58,6 +59,7 @@ class Dependencies:
     store: MemoryStore
     worker_id: str = ""
     candidate_factor: int = 4
+    search: SearchMode = "hybrid"  # for requests that name no search mode
     store_retry_s: float = 10.0
     metrics: Metrics = field(default_factory=Metrics)
     store_mode: str = ""
@@ -140,6 +142,7 @@ async def _search(
             [requests[i] for i in pending],
             vectors[pending],
             candidate_factor=deps.candidate_factor,
+            search=deps.search,
             now=started.wall,
             observe=deps.metrics.search_seconds.labels(store_mode=deps.store_mode).observe,
             profile=deps.profile,

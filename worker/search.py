@@ -1,5 +1,9 @@
 """The search stage: group a batch by (collection, owner, filters), search, rank per request.
 
+Each query asks its group for vector candidates, lexical candidates or both, as its
+request's search mode says, `limit x candidate_factor` of each; worker.fusion turns
+the two lists into one relevance and the memory signal ranks.
+
 Memory types name what a request wants; the store profile says which collection
 each lives in and which field holds its owner (the request's memory_id). Two types
 in one collection with the same owner field (an alias) share one search.
@@ -13,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from schemas.messages import MemoryHit, RetrievalRequest
+from schemas.messages import MemoryHit, RetrievalRequest, SearchMode
 from worker.access.profiles import MEMORY_ID, Profile
 from worker.rank import rank
 from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
@@ -30,6 +34,7 @@ def build_groups(
     vectors: Vectors,
     candidate_factor: int,
     profile: Profile | None = None,
+    search: SearchMode = "hybrid",
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
     """One group per (collection, owner field, memory_id, filters); for each, the slots it
     answers. `profile` maps memory types to collections and owner fields (default: the
@@ -45,8 +50,20 @@ def build_groups(
     groups = []
     for (collection, owner_field, owner, scope), slots in members.items():
         rows = [index for index, _ in slots]
-        ks = tuple(requests[i].limits[t] * candidate_factor for i, t in slots)
-        groups.append(SearchGroup(collection, owner, vectors[rows], ks, scope, owner_field))
+        wanted = [requests[i].limits[t] * candidate_factor for i, t in slots]
+        modes = [requests[i].search or search for i, _ in slots]
+        ks = tuple(k if mode != "lexical" else 0 for k, mode in zip(wanted, modes, strict=True))
+        lexical_ks = tuple(
+            k if mode != "vector" else 0 for k, mode in zip(wanted, modes, strict=True)
+        )
+        lexical = any(lexical_ks)
+        groups.append(
+            SearchGroup(
+                collection, owner, vectors[rows], ks, scope, owner_field,
+                queries=tuple(requests[i].query for i in rows) if lexical else (),
+                lexical_ks=lexical_ks if lexical else (),
+            )
+        )  # fmt: skip
     return groups, list(members.values())
 
 
@@ -57,6 +74,7 @@ async def search_and_rank(
     *,
     candidate_factor: int,
     now: float,
+    search: SearchMode = "hybrid",
     observe: Observe | None = None,
     profile: Profile | None = None,
 ) -> list[dict[str, list[MemoryHit]]]:
@@ -64,7 +82,7 @@ async def search_and_rank(
 
     Store errors propagate (StoreUnavailable is retried by the caller).
     """
-    groups, slots_of_group = build_groups(requests, vectors, candidate_factor, profile)
+    groups, slots_of_group = build_groups(requests, vectors, candidate_factor, profile, search)
     # One call for every group of the batch: the store runs them as it runs best (the
     # embedded store on its thread in one hop, MongoDB concurrently); a call per memory
     # type cost the embedded store two more thread hops (~1 ms at idle on 2 cores).
@@ -90,6 +108,8 @@ async def search_and_rank(
                 min_score=request.min_score,
                 memory_type=memory_type,
                 ranking=request.ranking,
+                search=request.search or search,
+                fusion=request.fusion,
             )
             for memory_type, limit in request.limits.items()
         }

@@ -134,6 +134,7 @@ class Worker:
             store=store,
             worker_id=settings.worker_id,
             candidate_factor=settings.candidate_factor,
+            search=settings.search,
             store_retry_s=settings.store_retry_s,
             metrics=metrics,
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from schemas.messages import SearchMode
 from schemas.settings import ENCODE_HINT, BrokerSettings, host_port, url_authority
 from worker.access.profiles import SCOPE_FIELDS, Profile, load_profile
 from worker.embedding.backends import EncoderSpec
@@ -204,7 +205,16 @@ class WorkerSettings(BrokerSettings):
         default=300.0, gt=0, description="`worker init`: longest wait for a queryable index."
     )
     candidate_factor: int = Field(
-        default=4, ge=1, le=20, description="Vector candidates per hit, re-ranked by signal."
+        default=4,
+        ge=1,
+        le=20,
+        description="Candidates per hit from each list (vector, lexical), re-ranked by signal.",
+    )
+    search: SearchMode = Field(
+        default="hybrid",
+        description="Search mode of requests that name none: hybrid (measured best, README "
+        "Retrieval quality), vector or lexical. On MongoDB, lexical candidates are scored in "
+        "the worker over the owner's rows: vector keeps $vectorSearch's cost on large owners.",
     )
     max_message_bytes: int = Field(
         default=65_536, ge=1024, description="Larger request bodies are refused as invalid."

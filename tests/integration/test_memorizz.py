@@ -210,7 +210,12 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
     ):
         replies = {
             user: await client.retrieve(
-                question, "shared", limits, weights=RELEVANCE_ONLY, filters={"user_id": user}
+                question,
+                "shared",
+                limits,
+                weights=RELEVANCE_ONLY,
+                filters={"user_id": user},
+                search="vector",  # the oracle below ranks by cosine
             )
             for user in TURNS
         }
@@ -253,7 +258,8 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
         running_worker(mongo, embedder, store),
         RetrievalClient(settings, timeout=30) as client,
     ):
-        replies = [await client.retrieve(question, owner, limits, weights=RELEVANCE_ONLY)
+        replies = [await client.retrieve(question, owner, limits, weights=RELEVANCE_ONLY,
+                                         search="vector")  # the oracle ranks by cosine
                    for owner, limits, _ in asks]  # fmt: skip
         mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
                                                            "summaries": 1})  # fmt: skip

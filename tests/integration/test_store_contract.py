@@ -3,11 +3,13 @@ and MongoDB with $vectorSearch where an Atlas-compatible server is reachable."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.messages import MemoryType
-from tests.oracle import Oracle
+from tests.oracle import Oracle, bm25, documents
 from worker.embedding.embedder import Embedder
 from worker.store import Memory, MemoryStore, SearchGroup
 
@@ -115,3 +117,58 @@ async def test_property_no_result_ever_belongs_to_another_tenant(
         assert len(hits) <= group.ks[0]
         assert all(c.memory.memory_id == group.owner for c in hits)
         assert all(c.memory.memory_type == group.collection for c in hits)
+
+
+async def test_lexical_candidates_equal_bm25_over_the_owner_s_rows(
+    any_store: MemoryStore,
+    embedder: Embedder,
+    demo_records: list[dict[str, Any]],
+    demo_questions: list[dict[str, str]],
+) -> None:
+    """The lexical list of every query: the owner's rows with a BM25 above 0, best first,
+    scores by the formula (tests.oracle.bm25, over each memory's neighbours and date)."""
+    vectors = await embedder.embed([q["query"] for q in demo_questions])
+    for index, question in enumerate(demo_questions):
+        owner, k = question["memory_id"], 6
+        group = SearchGroup(MemoryType.LONG_TERM, owner, vectors[[index]], (0,),
+                            queries=(question["query"],), lexical_ks=(k,))  # fmt: skip
+        [[hits]] = await any_store.search([group])
+        rows = [r for r in demo_records if r["memory_id"] == owner
+                and r["memory_type"] == "long_term_memory"]  # fmt: skip
+        scores = dict(zip([r["id"] for r in rows], bm25(question["query"], documents(rows)),
+                          strict=True))  # fmt: skip
+        expected = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if scores[i] > 0][:k]
+        assert len(hits) == len(expected)  # equal BM25 scores (common) may come in any order:
+        for candidate, want in zip(hits, expected, strict=True):  # the same scores in order
+            assert candidate.lexical is not None
+            assert abs(candidate.lexical - scores[want]) < 1e-4
+        for rank, candidate in enumerate(hits, start=1):
+            assert candidate.lexical_rank == rank and candidate.vector_rank is None
+            assert candidate.lexical is not None
+            assert abs(candidate.lexical - scores[candidate.memory.id]) < 1e-4
+            assert candidate.memory.memory_id == owner
+
+
+QUERY_SYNTAX = st.sampled_from(
+    ['"', "'", "NEAR(", ")", "*", "-", "+", "^", ":", "content:", "memory_id:", "OR", "AND",
+     "NOT", "$text", "$search", '{"$ne": null}', "\\", "\u0000", "é", "🙂", "knee", "Lisbon"]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(words=st.lists(st.one_of(QUERY_SYNTAX, st.text(max_size=12)), min_size=1, max_size=8))
+async def test_no_lexical_query_text_leaves_the_tenant(
+    any_store: MemoryStore, embedder: Embedder, words: list[str]
+) -> None:
+    """FTS5 and $text syntax, quotes and unicode are just words here: whatever the query
+    text, the lexical and hybrid candidates are the owner's rows alone."""
+    text = " ".join(words) or "x"
+    vector = await embedder.embed([text])
+    groups = [
+        SearchGroup(MemoryType.LONG_TERM, owner, vector, (5,), queries=(text,), lexical_ks=(50,))
+        for owner in ("health-coach:sam", "travel-concierge:maya", '{"$ne": null}')
+    ]
+    for group, (hits,) in zip(groups, await any_store.search(groups), strict=True):
+        assert {c.memory.memory_id for c in hits} <= {group.owner}

@@ -121,7 +121,7 @@ async def test_foreign_truncated_and_missing_files_under_a_live_worker_change_no
             """Store errors are retried until shortly before the deadline: keep it short
             where the store is known to be away."""
             return await client.retrieve(
-                QUESTION, TENANT, LIMITS, weights=BY_RELEVANCE, timeout=timeout
+                QUESTION, TENANT, LIMITS, weights=BY_RELEVANCE, timeout=timeout, search="vector"
             )
 
         assert hit_ids(await ask()) == expected

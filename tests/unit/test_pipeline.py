@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from schemas.messages import ErrorCode, MemoryType, RetrievalRequest
 from tests.oracle import Oracle, assert_hits_match
 from tests.stores import WrappedStore
@@ -204,3 +206,45 @@ async def test_a_final_store_error_answers_every_request_without_retrying(
     for outcome in outcomes:
         assert isinstance(outcome, Answered) and code_of(outcome) == ErrorCode.INTERNAL
         assert outcome.response.error is not None and not outcome.response.error.retryable
+
+
+SETTINGS = [
+    ("vector", None),
+    ("lexical", None),
+    ("hybrid", {"method": "score", "lexical_weight": 0.3}),
+    ("hybrid", {"method": "rank", "lexical_weight": 0.5, "rank_constant": 10}),
+]
+
+
+@pytest.mark.parametrize(("search", "fusion"), SETTINGS, ids=["vector", "lexical", "score", "rank"])
+async def test_every_search_mode_equals_the_oracle(
+    embedder: Embedder,
+    demo_store: SQLiteStore,
+    demo_questions: list[dict[str, str]],
+    oracle: Oracle,
+    search: str,
+    fusion: dict[str, Any] | None,
+) -> None:
+    """BM25 by its formula over the owner's rows, the documented fusion and the signal,
+    all computed in the test, against what the pipeline answers."""
+    extra: dict[str, Any] = {"search": search} | ({"fusion": fusion} if fusion else {})
+    batch = [
+        queued(f"q{i}", q["query"], q["memory_id"], **extra) for i, q in enumerate(demo_questions)
+    ]
+    outcomes = await process(batch, stages(embedder, demo_store))
+    now = time.time()
+    for outcome, question in zip(outcomes, demo_questions, strict=True):
+        assert isinstance(outcome, Answered) and outcome.response.status == "ok"
+        for memory_type, limit in LIMITS.items():
+            expected = oracle.retrieve(
+                question["query"], question["memory_id"], memory_type, limit, now=now,
+                search=search, fusion=fusion,
+            )  # fmt: skip
+            hits = outcome.response.results[MemoryType(memory_type)]
+            assert_hits_match(hits, expected)
+            wanted = {e.id: e for e in expected}
+            for hit in hits:
+                if hit.id in wanted and search != "vector":
+                    assert hit.lexical is not None
+                    assert abs(hit.lexical - wanted[hit.id].lexical) < 1e-4
+                    assert hit.fused is not None and 0.0 <= hit.fused <= 1.0 + 1e-9

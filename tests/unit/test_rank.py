@@ -73,7 +73,7 @@ def test_a_hit_carries_the_memory_fields_marked_reply_with_their_types() -> None
     """MemoryHit is declared by hand (the wire contract, typed, in its own order); this
     holds it to schemas.memory: the same names and types, tags as a list, each optional
     on the wire where a memory may lack it."""
-    assert set(MemoryHit.model_fields) == {*REPLY_FIELDS, "score", "signal"}
+    assert set(MemoryHit.model_fields) == {*REPLY_FIELDS, "score", "lexical", "fused", "signal"}
     for name in REPLY_FIELDS:
         spec, declared = FIELDS[name], MemoryHit.model_fields[name]
         wire = {"tags": list[str] | None}.get(spec.kind, spec.annotation)
@@ -89,7 +89,7 @@ def test_a_hit_carries_every_reply_field_of_its_memory_and_the_requested_type() 
         last_accessed=NOW - HOUR,
     )  # fmt: skip
     [hit] = rank([Candidate(memory, 0.5)], limit=1, now=NOW, memory_type="long_term_memory")
-    assert hit.model_dump(exclude={"score", "signal"}) == {
+    assert hit.model_dump(exclude={"score", "lexical", "fused", "signal"}) == {
         "id": "x", "memory_type": "long_term_memory", "content": "c", "timestamp": NOW,
         "summary_content": "s", "role": "user", "situational_tags": ["a", "b"], "importance": 0.4,
     }  # fmt: skip

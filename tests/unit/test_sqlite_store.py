@@ -357,3 +357,47 @@ async def test_a_writer_leaves_an_empty_write_ahead_log_even_while_a_reader_hold
     [[hits]] = await reader.search([SearchGroup(LONG, "bob", vectors(rng, 1), (3,))])
     assert len(hits) == 3
     await reader.close()
+
+
+def said(memory_id: str, id_: str, content: str) -> Memory:
+    """A memory a day after the one before: no two are neighbours in time."""
+    day = 86_400.0 * int(id_[1:])
+    return Memory(id=id_, memory_id=memory_id, memory_type=LONG, content=content, timestamp=day)
+
+
+async def lexical_ids(store: SQLiteStore, owner: str, query: str) -> list[str]:
+    rng = np.random.default_rng(0)
+    group = SearchGroup(LONG, owner, vectors(rng, 1), (0,), queries=(query,), lexical_ks=(10,))
+    [[hits]] = await store.search([group])
+    return [c.memory.id for c in hits]
+
+
+async def test_the_lexical_index_follows_upserts_replacements_and_other_writers(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """A memory added is found by its words at once, one replaced only by its new words,
+    whoever wrote it; a database renamed into place answers with its own words."""
+    rng = np.random.default_rng(26)
+    await store.upsert([said("alice", "a1", "the heron nests by the river")], vectors(rng, 1))
+    assert await lexical_ids(store, "alice", "heron") == ["a1"]
+    await store.upsert([said("alice", "a2", "a kingfisher dives")], vectors(rng, 1))
+    assert await lexical_ids(store, "alice", "kingfisher") == ["a2"]  # cached group refreshed
+    await store.upsert([said("alice", "a1", "the otter swims by the river")], vectors(rng, 1))
+    assert await lexical_ids(store, "alice", "heron") == []
+    assert await lexical_ids(store, "alice", "otter") == ["a1"]
+
+    reader = SQLiteStore(store.path)  # a serving worker; `store` writes like an ingest
+    assert await lexical_ids(reader, "alice", "otter") == ["a1"]
+    await store.upsert([said("alice", "a3", "an osprey circles")], vectors(rng, 1))
+    assert await lexical_ids(reader, "alice", "osprey") == ["a3"]  # another process's commit
+    assert await lexical_ids(reader, "bob", "osprey") == []  # never another owner's rows
+
+    other = tmp_path / "other.db"
+    writer = SQLiteStore(other, writable=True)
+    await writer.upsert([said("alice", "b1", "a pelican waits")], vectors(rng, 1))
+    await writer.close()
+    await store.close()
+    os.replace(other, store.path)
+    assert await lexical_ids(reader, "alice", "pelican") == ["b1"]
+    assert await lexical_ids(reader, "alice", "osprey") == []
+    await reader.close()

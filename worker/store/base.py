@@ -13,8 +13,13 @@ from worker.vectors import Vectors as Vectors  # re-exported: the stores' array 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """A memory a search found, with what each list made of it."""
+
     memory: Memory
     score: float  # cosine similarity of query and memory
+    vector_rank: int | None = None  # 1-based place in the vector list; None: not in it
+    lexical: float | None = None  # BM25 of query and memory, where the lexical side ran
+    lexical_rank: int | None = None  # 1-based place in the lexical list; None: not in it
 
 
 @dataclass(frozen=True)
@@ -22,15 +27,22 @@ class SearchGroup:
     """All queries of a batch that search the same (collection, owner, filters).
 
     Grouping lets an exact store score the whole group with one matrix multiply.
-    `ks[i]` is how many candidates query `vectors[i]` wants.
+    `ks[i]` is how many vector candidates query `vectors[i]` wants, `lexical_ks[i]` how
+    many lexical ones query `queries[i]` wants; a store returns the union of the two
+    lists, each candidate with its cosine, its BM25 where scored, and its ranks.
     """
 
     collection: str  # the collection to search (the profile maps request types to it)
     owner: str  # the owner value (the request's memory_id): rows whose `owner_field` equals it
     vectors: Vectors
-    ks: tuple[int, ...]
+    ks: tuple[int, ...]  # vector candidates wanted per query (0: none)
     filters: tuple[tuple[str, str], ...] = ()  # scope equalities, sorted
     owner_field: str = "memory_id"
+    queries: tuple[str, ...] = ()  # the query texts, where any query wants lexical candidates
+    lexical_ks: tuple[int, ...] = ()  # lexical candidates wanted per query (none: no lexical)
+
+    def lexical_k(self, query: int) -> int:
+        return self.lexical_ks[query] if self.lexical_ks else 0
 
 
 GroupResult = list[list[Candidate]]  # per query of the group, best first

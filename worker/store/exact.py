@@ -1,4 +1,6 @@
-"""Exact top-k by cosine: one matrix multiply per group, shared by every exact store."""
+"""Exact search, shared by every exact store: top-k by cosine (one matrix multiply per
+group) and, where asked, top-k by BM25 over the group's lexical index; a query's
+candidates are the union of its two lists, each with both scores and its ranks."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from worker.errors import StoreMismatch
-from worker.store.base import Candidate, Memory, Vectors
+from worker.store.base import Candidate, Memory, SearchGroup, Vectors
+from worker.store.lexical import LexicalIndex
+
+Found = tuple[int, float, int | None, float | None, int | None]
+"""(row index, cosine, vector rank, BM25 or None, lexical rank): one candidate of a query."""
 
 
 def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tuple[int, float]]]:
@@ -19,13 +25,46 @@ def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tup
     if matrix.shape[0] == 0:
         return [[] for _ in ks]
     scores = queries @ matrix.T
-    ranked = []
-    for row, k in zip(scores, ks, strict=True):
-        k = min(k, row.shape[0])
-        picked = np.argpartition(-row, k - 1)[:k]
-        order = np.lexsort((picked, -row[picked]))
-        ranked.append([(int(picked[i]), float(row[picked[i]])) for i in order])
-    return ranked
+    return [[(i, float(row[i])) for i in best(row, k)] for row, k in zip(scores, ks, strict=True)]
+
+
+def best(scores: np.ndarray, k: int) -> list[int]:
+    """Indexes of the `k` highest scores, best first, ties broken by index."""
+    k = min(k, scores.shape[0])
+    if k <= 0:
+        return []
+    picked = np.argpartition(-scores, k - 1)[:k]
+    order = np.lexsort((picked, -scores[picked]))
+    return [int(picked[i]) for i in order]
+
+
+def search_group(
+    matrix: Vectors, lexical: LexicalIndex | None, group: SearchGroup
+) -> list[list[Found]]:
+    """Every query's candidates in a group whose rows are `matrix` (and `lexical`, built
+    from the same rows in the same order, where any query wants lexical candidates): its
+    best `ks[i]` by cosine, then those of its best `lexical_ks[i]` by BM25 (words that
+    match: a score above 0) that the first list does not hold."""
+    check_dimensions(matrix, group.vectors)
+    if matrix.shape[0] == 0:
+        return [[] for _ in group.ks]
+    cosines = group.vectors @ matrix.T
+    found = []
+    for query, (row, k) in enumerate(zip(cosines, group.ks, strict=True)):
+        vector = best(row, k)
+        bm25 = lexical.scores(group.queries[query]) if lexical and group.lexical_k(query) else None
+        words = (
+            [] if bm25 is None else [i for i in best(bm25, group.lexical_k(query)) if bm25[i] > 0]
+        )
+        lexical_rank = {index: rank for rank, index in enumerate(words, start=1)}
+        vector_rank = {index: rank for rank, index in enumerate(vector, start=1)}
+        union = vector + [index for index in words if index not in vector_rank]
+        found.append([
+            (index, float(row[index]), vector_rank.get(index),
+             None if bm25 is None else float(bm25[index]), lexical_rank.get(index))
+            for index in union
+        ])  # fmt: skip
+    return found
 
 
 def check_dimensions(matrix: Vectors, queries: Vectors) -> None:
@@ -36,12 +75,17 @@ def check_dimensions(matrix: Vectors, queries: Vectors) -> None:
         )
 
 
+def candidate(memory: Memory, found: Found) -> Candidate:
+    _, cosine, vector_rank, bm25, lexical_rank = found
+    return Candidate(memory, cosine, vector_rank, bm25, lexical_rank)
+
+
 def score_group(
-    memories: Sequence[Memory], matrix: Vectors, queries: Vectors, ks: Sequence[int]
+    memories: Sequence[Memory], matrix: Vectors, group: SearchGroup
 ) -> list[list[Candidate]]:
     """Candidates per query of a group whose memories' embeddings are `matrix`."""
-    check_dimensions(matrix, queries)
+    lexical = LexicalIndex.of(memories) if any(group.lexical_ks) else None
     return [
-        [Candidate(memories[index], score) for index, score in hits]
-        for hits in top_k(matrix, queries, ks)
+        [candidate(memories[f[0]], f) for f in per_query]
+        for per_query in search_group(matrix, lexical, group)
     ]

@@ -146,8 +146,14 @@ class MongoStore:
         answered store_unavailable."""
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        one_group = self._vector_group if self.mode == "vector" else self._exact_group
-        return list(await asyncio.gather(*(one_group(group) for group in groups)))
+        return list(await asyncio.gather(*(self._one_group(group) for group in groups)))
+
+    def _one_group(self, group: SearchGroup) -> Awaitable[GroupResult]:
+        """Vector mode serves vector candidates; lexical ones are scored in the worker over
+        the owner's rows, as in exact mode (Atlas Search's $search is not wired yet)."""
+        if self.mode == "vector" and not any(group.lexical_ks):
+            return self._vector_group(group)
+        return self._exact_group(group)
 
     async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
         by_type: dict[str, list[ReplaceOne[dict[str, Any]]]] = {}
@@ -216,7 +222,7 @@ class MongoStore:
             matrix = embedding_matrix(documents, self._dimensions)
         except ValueError:
             raise StoreMismatch(f"{group.collection}: embeddings of unequal length") from None
-        return score_group(memories, matrix, group.vectors, group.ks)
+        return score_group(memories, matrix, group)
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
         searches = [self._vector_query(group, row) for row in range(len(group.ks))]
@@ -243,8 +249,9 @@ class MongoStore:
             Candidate(
                 to_memory(d, group.collection, group.owner_field),
                 cosine_from_vector_score(d["score"]),
+                vector_rank=rank,
             )
-            for d in await self._guarded(run)
+            for rank, d in enumerate(await self._guarded(run), start=1)
         ]
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,9 +29,10 @@ import numpy.typing as npt
 import structlog
 
 from worker.errors import StoreUnavailable
-from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
-from worker.store.exact import check_dimensions, top_k
+from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
+from worker.store.exact import Found, candidate, search_group
 from worker.store.group_cache import GroupCache, GroupCacheStats
+from worker.store.lexical import LexicalIndex
 from worker.store.sqlite_file import (
     COLUMNS,
     JSON_COLUMNS,
@@ -51,12 +53,15 @@ PLACEHOLDERS = ",".join("?" * len(COLUMNS))
 
 # No ORDER BY: with one, SQLite walks the primary key and scans the whole memory type.
 GROUP_QUERY = "SELECT rowid, embedding FROM memories WHERE memory_type = ? AND memory_id = ?"
+TEXT_QUERY = (
+    "SELECT rowid, id, content, summary_content, timestamp FROM memories "
+    "WHERE memory_type = ? AND memory_id = ?"
+)
 ROWS_QUERY = "SELECT rowid, " + ", ".join(MEMORY_COLUMNS) + " FROM memories WHERE rowid IN ({})"
 ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
 JSON_INDEXES = tuple(MEMORY_COLUMNS.index(name) for name in JSON_COLUMNS)
 
 RowIds = npt.NDArray[np.int64]
-GroupData = tuple[RowIds, Vectors]  # rowids, and the embeddings in the same order
 GROUP_OVERHEAD_BYTES = 400  # the key, the tuple and two array headers
 DEFAULT_CACHE_BYTES = 512 * 2**20
 NOT_OPENED: Identity = (0, 0)
@@ -79,7 +84,7 @@ class SQLiteStore:
         self._busy_timeout_s = busy_timeout_s
         self._executor = single_thread("recallq-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self.cache: GroupCache[GroupData] = GroupCache(cache_bytes)
+        self.cache: GroupCache[Group] = GroupCache(cache_bytes)
         self._data_version = -1
         self._identity: Identity = NOT_OPENED
         self.usable = True  # false from a failed call until the next one succeeds
@@ -199,25 +204,25 @@ class SQLiteStore:
                 self.cache.clear()
                 self._data_version = version
             scored = [self._score(conn, group) for group in groups]
-            wanted = {
-                int(ids[i]) for ids, per_query in scored for hits in per_query for i, _ in hits
-            }
+            wanted = {int(ids[f[0]]) for ids, per_query in scored for fs in per_query for f in fs}
             memories = _fetch_memories(conn, sorted(wanted))
         finally:
             conn.rollback()  # ends the read transaction (it wrote nothing), whatever raised
         return [
-            [[Candidate(memories[int(ids[i])], score) for i, score in hits] for hits in per_query]
+            [[candidate(memories[int(ids[f[0]])], f) for f in fs] for fs in per_query]
             for ids, per_query in scored
         ]
 
     def _score(
         self, conn: sqlite3.Connection, group: SearchGroup
-    ) -> tuple[RowIds, list[list[tuple[int, float]]]]:
-        ids, matrix = self._group(conn, group.collection, group.owner)
-        check_dimensions(matrix, group.vectors)
-        return ids, top_k(matrix, group.vectors, group.ks)
+    ) -> tuple[RowIds, list[list[Found]]]:
+        cached = self._group(conn, group.collection, group.owner)
+        if any(group.lexical_ks) and cached.lexical is None:
+            cached.lexical = _lexical_index(conn, group, cached.ids)
+            self.cache.put((group.collection, group.owner), cached, cached.nbytes)
+        return cached.ids, search_group(cached.matrix, cached.lexical, group)
 
-    def _group(self, conn: sqlite3.Connection, collection: str, owner: str) -> GroupData:
+    def _group(self, conn: sqlite3.Connection, collection: str, owner: str) -> Group:
         key = (collection, owner)
         cached = self.cache.get(key)
         if cached is not None:
@@ -226,8 +231,35 @@ class SQLiteStore:
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         blobs = b"".join([row[1] for row in rows])
         matrix = np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1) if rows else EMPTY
-        self.cache.put(key, (ids, matrix), matrix.nbytes + ids.nbytes + GROUP_OVERHEAD_BYTES)
-        return ids, matrix
+        group = Group(ids, matrix)
+        self.cache.put(key, group, group.nbytes)
+        return group
+
+
+@dataclass
+class Group:
+    """One (collection, owner) group as cached: its rowids, their embeddings in the same
+    order, and their lexical index once a query asked for one."""
+
+    ids: RowIds
+    matrix: Vectors
+    lexical: LexicalIndex | None = None
+
+    @property
+    def nbytes(self) -> int:
+        lexical = self.lexical.nbytes if self.lexical else 0
+        return self.matrix.nbytes + self.ids.nbytes + lexical + GROUP_OVERHEAD_BYTES
+
+
+def _lexical_index(conn: sqlite3.Connection, group: SearchGroup, ids: RowIds) -> LexicalIndex:
+    """The group's lexical index, its documents in the order of `ids` (the vectors')."""
+    rows = conn.execute(TEXT_QUERY, (group.collection, group.owner)).fetchall()
+    texts = {
+        rowid: Memory(id=id_, memory_id=group.owner, memory_type=group.collection,
+                      content=content, summary_content=summary, timestamp=timestamp)
+        for rowid, id_, content, summary, timestamp in rows
+    }  # fmt: skip
+    return LexicalIndex.of([texts[int(rowid)] for rowid in ids])
 
 
 def _fetch_memories(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Memory]:
