@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
 
 from schemas.memory import FIELD_NAMES
 from schemas.messages import MemoryType
-from worker.store.base import Memory
+from worker.store.base import Candidate, Memory
 from worker.store.mongo_query import (
     DOCUMENT_FIELDS,
     READERS,
     cosine_from_vector_score,
     index_dimensions,
+    lexical_search_pipeline,
     num_candidates,
     tenant_filter,
+    text_index_definition,
     to_document,
     to_memory,
     vector_index_definition,
     vector_search_pipeline,
+    with_lexical,
 )
 
 QUERY = np.array([0.6, 0.8, 0.0], dtype=np.float32)
@@ -170,3 +174,64 @@ def test_an_owner_field_replaces_memory_id_and_a_scope_may_never_override_it() -
             tenant_filter("alice", (), owner_field=hostile)
     row = {"_id": 7, "knowledge_base_id": "kb-1", "content": "Porto"}
     assert to_memory(row, "knowledge_base", "knowledge_base_id").memory_id == "kb-1"
+
+
+def test_the_atlas_lexical_pipeline_searches_the_owner_s_rows_only_and_takes_words() -> None:
+    hostile = '"knee" AND content:* NEAR $where -pain \\u0000 {"$ne": null}'
+    pipeline = lexical_search_pipeline(
+        "recallq_text", hostile, "alice", 20, scope=(("user_id", "u1"),), owner_field="agent_id"
+    )
+    search = pipeline[0]["$search"]  # $search must be the first stage
+    assert list(pipeline[0]) == ["$search"] and search["index"] == "recallq_text"
+    compound = search["compound"]
+    assert compound["must"] == [
+        {"text": {"query": hostile, "path": ["content", "summary_content"]}}
+    ]
+    assert compound["filter"] == [
+        {"equals": {"path": "agent_id", "value": "alice"}},
+        {"equals": {"path": "user_id", "value": "u1"}},
+    ]
+    assert pipeline[1] == {"$limit": 20}
+    projected = pipeline[2]["$project"]
+    assert projected["lexical"] == {"$meta": "searchScore"} and projected["embedding"] == 1
+    assert projected["agent_id"] == 1
+
+
+def test_the_atlas_lexical_pipeline_refuses_what_the_vector_one_refuses() -> None:
+    with pytest.raises(TypeError):
+        lexical_search_pipeline(
+            "i", "q", "alice", 5, scope=(("agent_id", "bob"),), owner_field="agent_id"
+        )
+    with pytest.raises(TypeError):
+        lexical_search_pipeline("i", "q", {"$ne": None}, 5)  # type: ignore[arg-type]
+
+
+def test_the_text_index_maps_text_stemmed_and_owners_as_tokens() -> None:
+    fields = text_index_definition(["agent_id", "user_id"])["mappings"]["fields"]
+    assert fields["content"] == {"type": "string", "analyzer": "lucene.english"}
+    assert fields["summary_content"]["type"] == "string"
+    assert {f for f, spec in fields.items() if spec == {"type": "token"}} == {
+        "agent_id", "memory_id", "user_id"
+    }  # fmt: skip
+
+
+def test_a_vector_list_and_a_search_list_merge_with_both_ranks_and_scores() -> None:
+    def document(id_: str, lexical: float, embedding: list[float] | None) -> dict[str, Any]:
+        row = {"_id": id_, "memory_id": "alice", "content": f"c {id_}", "lexical": lexical}
+        return row | ({"embedding": embedding} if embedding is not None else {})
+
+    vector = [
+        Candidate(to_memory({"_id": "a", "memory_id": "alice", "content": "c a"}, "t"), 0.9, 1),
+        Candidate(to_memory({"_id": "b", "memory_id": "alice", "content": "c b"}, "t"), 0.5, 2),
+    ]
+    found = [
+        document("c", 3.0, [0.0, 1.0, 0.0]),  # lexical only: its cosine computed here
+        document("b", 2.0, [1.0, 0.0, 0.0]),  # in both lists
+        document("d", 1.0, None),  # no embedding: left out, as exact search leaves it
+    ]
+    merged = with_lexical(vector, found, QUERY, "t", "memory_id")
+    assert [(c.memory.id, c.vector_rank, c.lexical_rank) for c in merged] == [
+        ("a", 1, None), ("b", 2, 2), ("c", None, 1)
+    ]  # fmt: skip
+    assert merged[0].lexical is None and merged[1].lexical == 2.0 and merged[1].score == 0.5
+    assert abs(merged[2].score - 0.8) < 1e-6 and merged[2].lexical == 3.0

@@ -26,16 +26,20 @@ from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
 from worker.store.exact import score_group
 from worker.store.mongo_query import (
+    TEXT_INDEX,
     cosine_from_vector_score,
     dimension_mismatch,
     embedding_matrix,
     index_dimensions,
+    lexical_search_pipeline,
     projection,
     tenant_filter,
+    text_index_definition,
     to_document,
     to_memory,
     vector_index_definition,
     vector_search_pipeline,
+    with_lexical,
 )
 
 if TYPE_CHECKING:
@@ -125,6 +129,9 @@ class MongoStore:
         self.usable = True
         self.mode: Literal["vector", "exact"] = "exact"
         self.reason = "not connected yet"
+        # Where lexical candidates come from in vector mode: Atlas Search ($search, when
+        # its index is queryable on every collection) or the worker, over the owner's rows.
+        self.lexical: Literal["atlas", "worker"] = "worker"
 
     async def connect(self) -> None:
         """Check the stored embeddings fit the model, then choose the search mode: forced
@@ -139,7 +146,9 @@ class MongoStore:
                 raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {missing}")
             self.mode = "exact" if missing else "vector"
             self.reason = missing or "$vectorSearch answers and every index is queryable"
-        log.info("mongo search mode", mode=self.mode, reason=self.reason)
+        if self.mode == "vector" and await self._guarded(self._text_index_queryable):
+            self.lexical = "atlas"
+        log.info("mongo search mode", mode=self.mode, reason=self.reason, lexical=self.lexical)
 
     async def check(self) -> None:
         """Nothing to look at: PyMongo monitors the servers, and a failing search is
@@ -149,10 +158,13 @@ class MongoStore:
         return list(await asyncio.gather(*(self._one_group(group) for group in groups)))
 
     def _one_group(self, group: SearchGroup) -> Awaitable[GroupResult]:
-        """Vector mode serves vector candidates; lexical ones are scored in the worker over
-        the owner's rows, as in exact mode (Atlas Search's $search is not wired yet)."""
+        """Vector mode serves vector candidates by $vectorSearch and lexical ones by $search
+        where its index is queryable, else (and in exact mode) both in the worker over the
+        owner's rows."""
         if self.mode == "vector" and not any(group.lexical_ks):
             return self._vector_group(group)
+        if self.mode == "vector" and self.lexical == "atlas":
+            return self._hybrid_group(group)
         return self._exact_group(group)
 
     async def upsert(self, memories: Sequence[Memory], embeddings: Vectors) -> None:
@@ -179,6 +191,7 @@ class MongoStore:
         try:
             for name in self._collections:
                 await self._guarded(partial(self._create_vector_index, name))
+                await self._guarded(partial(self._create_text_index, name))
         except _NoVectorSearch as exc:
             if self._options.search == "vector":
                 raise ConfigError(f"RECALLQ_MONGO_SEARCH=vector, but {exc}") from None
@@ -193,6 +206,7 @@ class MongoStore:
             "mode": self.mode,
             "reason": self.reason,
             "vector_exact": self._options.vector_exact,
+            "lexical": self.lexical,
         }
 
     def cache_stats(self) -> None:
@@ -228,6 +242,43 @@ class MongoStore:
         searches = [self._vector_query(group, row) for row in range(len(group.ks))]
         return list(await asyncio.gather(*searches))
 
+    async def _hybrid_group(self, group: SearchGroup) -> GroupResult:
+        async def one(row: int) -> list[Candidate]:
+            vector = self._vector_query(group, row)
+            lexical = self._lexical_query(group, row)
+            listed, found = await asyncio.gather(vector, lexical)
+            return with_lexical(
+                listed, found, group.vectors[row], group.collection, group.owner_field
+            )
+
+        return list(await asyncio.gather(*(one(row) for row in range(len(group.ks)))))
+
+    async def _lexical_query(self, group: SearchGroup, row: int) -> list[dict[str, Any]]:
+        """$search's BM25 list for one query (Atlas's statistics are the collection's, not
+        the owner's as in the worker's own index)."""
+        if not group.lexical_k(row):
+            return []
+        pipeline = lexical_search_pipeline(
+            TEXT_INDEX,
+            group.queries[row],
+            group.owner,
+            group.lexical_k(row),
+            scope=group.filters,
+            owner_field=group.owner_field,
+        )
+        return await self._aggregate(group.collection, pipeline)
+
+    async def _aggregate(
+        self, collection: str, pipeline: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        timeout_ms = self._options.query_timeout_ms
+
+        async def run() -> list[dict[str, Any]]:
+            cursor = await self._db[collection].aggregate(pipeline, maxTimeMS=timeout_ms)
+            return await cursor.to_list(None)
+
+        return await self._guarded(run)
+
     async def _vector_query(self, group: SearchGroup, row: int) -> list[Candidate]:
         pipeline = vector_search_pipeline(
             self._options.vector_index,
@@ -238,20 +289,14 @@ class MongoStore:
             scope=group.filters,
             owner_field=group.owner_field,
         )
-        collection = self._db[group.collection]
-        timeout_ms = self._options.query_timeout_ms
-
-        async def run() -> list[dict[str, Any]]:
-            cursor = await collection.aggregate(pipeline, maxTimeMS=timeout_ms)
-            return await cursor.to_list(None)
-
+        found = await self._aggregate(group.collection, pipeline) if group.ks[row] else []
         return [
             Candidate(
                 to_memory(d, group.collection, group.owner_field),
                 cosine_from_vector_score(d["score"]),
                 vector_rank=rank,
             )
-            for rank, d in enumerate(await self._guarded(run), start=1)
+            for rank, d in enumerate(found, start=1)
         ]
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -302,6 +347,23 @@ class MongoStore:
             if not any(index.get("queryable") for index in indexes):
                 return f"vector index not queryable on {name} (run `worker init`)"
         return None
+
+    async def _text_index_queryable(self) -> bool:
+        """Whether $search can serve the lexical side: its index queryable everywhere."""
+        for name in self._collections:
+            cursor = await self._db[name].list_search_indexes(TEXT_INDEX)
+            if not any(index.get("queryable") for index in await cursor.to_list(None)):
+                return False
+        return True
+
+    async def _create_text_index(self, name_of_collection: str) -> None:
+        collection = self._db[name_of_collection]
+        if await (await collection.list_search_indexes(TEXT_INDEX)).to_list(None):
+            return
+        fields = [*self._profile.owner_fields(name_of_collection), *self._profile.scope_fields]
+        model = SearchIndexModel(text_index_definition(fields), name=TEXT_INDEX, type="search")
+        await collection.create_search_index(model)
+        log.info("text index created", collection=name_of_collection, index=TEXT_INDEX)
 
     async def _create_vector_index(self, name_of_collection: str) -> None:
         collection = self._db[name_of_collection]

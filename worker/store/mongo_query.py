@@ -9,12 +9,13 @@ some of them otherwise (worker.store.fields reads every variant).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from schemas.memory import FIELD_NAMES, MEMORY_FIELDS
-from worker.store.base import Memory, Vectors
+from worker.store.base import Candidate, Memory, Vectors
 from worker.store.fields import (
     ACCESS_FIELDS,
     IMPORTANCE_FIELDS,
@@ -101,6 +102,79 @@ def vector_index_definition(dimensions: int, filter_fields: Iterable[str] = ()) 
     paths = sorted({"memory_id", *filter_fields})
     filters = [{"type": "filter", "path": path} for path in paths]
     return {"fields": [vector, *filters]}
+
+
+TEXT_INDEX = "recallq_text"  # the Atlas Search (BM25) index beside the vector index
+TEXT_PATHS = ("content", "summary_content")
+
+
+def text_index_definition(filter_fields: Iterable[str] = ()) -> dict[str, Any]:
+    """An Atlas Search index for the lexical side: the text fields with Lucene's English
+    analyzer (stemmed, as the worker's own BM25), memory_id and every owner and scope
+    field as `token` (what `equals` needs)."""
+    fields: dict[str, Any] = {
+        path: {"type": "string", "analyzer": "lucene.english"} for path in TEXT_PATHS
+    }
+    fields |= {path: {"type": "token"} for path in sorted({"memory_id", *filter_fields})}
+    return {"mappings": {"dynamic": False, "fields": fields}}
+
+
+def lexical_search_pipeline(
+    index: str,
+    text: str,
+    memory_id: str,
+    limit: int,
+    *,
+    scope: Sequence[tuple[str, str]] = (),
+    owner_field: str = "memory_id",
+) -> list[dict[str, Any]]:
+    """$search first, BM25 over the text fields; the owner and the scope as `equals`
+    filters inside the stage (they do not score). The `text` operator takes the query as
+    words, never as query syntax (`queryString` would parse AND, quotes, fields)."""
+    clauses = tenant_filter(memory_id, scope, owner_field)  # the same checks as $vectorSearch
+    search = {
+        "index": index,
+        "compound": {
+            "must": [{"text": {"query": text, "path": list(TEXT_PATHS)}}],
+            "filter": [{"equals": {"path": f, "value": v["$eq"]}} for f, v in clauses.items()],
+        },
+    }
+    fields = projection(owner_field, embedding=True)  # the cosine of a lexical-only hit
+    fields["lexical"] = {"$meta": "searchScore"}
+    return [{"$search": search}, {"$limit": limit}, {"$project": fields}]
+
+
+def with_lexical(
+    vector: Sequence[Candidate],
+    found: Sequence[dict[str, Any]],
+    query: Vectors,
+    collection: str,
+    owner_field: str,
+) -> list[Candidate]:
+    """One query's candidates from its $vectorSearch list and its $search list (documents
+    with `lexical`, the searchScore, and `embedding`): the vector list, each with its
+    lexical rank and BM25 where $search found it too, then the lexical-only documents,
+    their cosine computed here (one without a usable embedding is left out, as exact
+    search leaves it out)."""
+    ranks = {str(d["_id"]): (rank, d) for rank, d in enumerate(found, start=1)}
+    merged = [
+        replace(
+            c, lexical=float(ranks[c.memory.id][1]["lexical"]), lexical_rank=ranks[c.memory.id][0]
+        )
+        if c.memory.id in ranks
+        else c
+        for c in vector
+    ]
+    seen = {c.memory.id for c in vector}
+    for id_, (rank, document) in ranks.items():
+        embedding = document.get("embedding")
+        if id_ in seen or not isinstance(embedding, list) or len(embedding) != len(query):
+            continue
+        row = embedding_matrix([document], len(query))[0]
+        cosine = float(row @ query)
+        memory = to_memory(document, collection, owner_field)
+        merged.append(Candidate(memory, cosine, None, float(document["lexical"]), rank))
+    return merged
 
 
 def index_dimensions(index: Mapping[str, Any]) -> int | None:
