@@ -20,7 +20,10 @@ import numpy as np
 
 from benchmarks.processes import WorkerProcess
 from schemas.settings import BrokerSettings
+from worker.embedding.embedder import Embedder
+from worker.service import Worker
 from worker.settings import WorkerSettings
+from worker.store import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,3 +104,25 @@ async def delete_queues(settings: BrokerSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         await settings.topology.delete_shared(await connection.channel())
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: WorkerSettings, embedder: Embedder, store: MemoryStore
+) -> AsyncIterator[Worker]:
+    """A worker on this event loop, consuming once this yields; stopped and drained after."""
+    worker = Worker.from_settings(settings, embedder, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    ready = asyncio.create_task(worker.ready.wait())
+    await asyncio.wait({task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises what stopped the worker
+    if not ready.done():
+        raise TimeoutError("worker did not start consuming within 60 s")
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)

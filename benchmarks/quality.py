@@ -16,21 +16,19 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks import locomo
-from benchmarks.common import RESULTS, delete_queues, write_results
+from benchmarks.common import RESULTS, delete_queues, running_worker, write_results
 from benchmarks.data import Workload, build_store
 from producer.client import Query, RetrievalClient
 from schemas.messages import Fusion, RetrievalRequest, SearchMode
 from worker.admin.ingest import ingest_file
 from worker.embedding.embedder import Embedder
 from worker.pipeline import Dependencies, process
-from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 
@@ -56,26 +54,6 @@ SETTINGS = (
     Setting("hybrid, rank fusion, k 60", "hybrid", Fusion(method="rank")),
     Setting("hybrid, rank fusion, k 10", "hybrid", Fusion(method="rank", rank_constant=10)),
 )
-
-
-@asynccontextmanager
-async def serving(
-    settings: WorkerSettings, embedder: Embedder, store: SQLiteStore
-) -> AsyncIterator[None]:
-    """An in-process worker consuming on `settings`' queues until the block ends."""
-    worker = Worker.from_settings(settings, embedder, store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    ready = asyncio.create_task(worker.ready.wait())
-    await asyncio.wait({task, ready}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=120)
-        await delete_queues(settings)
 
 
 async def seeded_store(
@@ -118,7 +96,7 @@ async def recall(
         ]
         results = {}
         async with (
-            serving(settings, embedder, store),
+            running_worker(settings, embedder, store),
             RetrievalClient(settings, timeout=120) as client,
         ):
             for setting in settings_list:
@@ -143,6 +121,7 @@ async def recall(
                     "seconds": round(seconds, 2),
                 }
         await store.close()
+        await delete_queues(settings)
     return results
 
 

@@ -12,22 +12,21 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
 import numpy as np
 import pytest
 
+from benchmarks.common import running_worker as running_worker  # the tests' worker
 from schemas.messages import MemoryType
 from schemas.topology import Layout
 from tests.conftest import DEMO_MEMORIES
 from tests.integration.secantus import RestartableSecantus
 from worker.admin.ingest import ingest_file
 from worker.embedding.embedder import Embedder
-from worker.service import Worker
 from worker.settings import WorkerSettings
-from worker.store import MemoryStore, SearchGroup, SQLiteStore, open_mongo
+from worker.store import MemoryStore, SearchGroup, open_mongo
 from worker.store.mongo import MongoStore
 
 
@@ -70,27 +69,6 @@ async def declare_topology(settings: WorkerSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         await settings.topology.declare_shared(await connection.channel())
-
-
-@asynccontextmanager
-async def running_worker(
-    settings: WorkerSettings, embedder: Embedder, store: SQLiteStore
-) -> AsyncIterator[Worker]:
-    """A worker on this event loop, consuming once this yields; stopped and drained after."""
-    worker = Worker.from_settings(settings, embedder, store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    ready = asyncio.create_task(worker.ready.wait())
-    await asyncio.wait({task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises what stopped the worker
-    assert ready.done(), "worker did not start consuming within 60 s"
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=60)
 
 
 @pytest.fixture(scope="session")
