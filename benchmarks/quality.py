@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import tempfile
 import time
 import uuid
@@ -147,17 +148,27 @@ async def throughput(
     modes: Sequence[SearchMode], embedder: Embedder, requests: int = 2048
 ) -> dict[str, Any]:
     """Requests/s of the pipeline (embed, search, rank) per search mode, in batches of 64 on
-    the throughput benchmark's workload; the query cache off, so every batch embeds."""
+    the throughput benchmark's store (60,000 memories, 100 owners), in the steady state
+    (every group loaded by a first pass); the query cache off, so every batch embeds."""
     workload = Workload()
     db = await build_store(workload, RESULTS.parent.parent / ".bench-cache")
     store = SQLiteStore(db)
     measured: dict[str, Any] = {}
-    pairs = workload.queries(requests, salt="quality")
+    # Queries in the memories' own words ("memory 17 ... tenant 42"), so the lexical side
+    # matches and scores, as it does on real text (the workload's own query words do not
+    # occur in its memories: lexical search would cost nothing there).
+    rng = random.Random(workload.seed)
+    pairs = []
+    for _ in range(requests):
+        tenant = rng.randrange(workload.tenants)
+        text = f"what was memory {rng.randrange(workload.per_type)} for tenant {tenant}?"
+        pairs.append((text, workload.tenant(tenant)))
     for mode in modes:
         deps = Dependencies(embed=embedder.embed, store=store)
         batches = [pairs[i : i + 64] for i in range(0, len(pairs), 64)]
-        await process([_queued(q, m, mode) for q, m in batches[0]], deps)  # warm the caches
-        started = time.perf_counter()
+        for batch in batches:  # a first pass loads every group (and its lexical index)
+            await process([_queued(q, m, mode) for q, m in batch], deps)
+        started = time.perf_counter()  # the second, timed, is the steady state
         for batch in batches:
             await process([_queued(q, m, mode) for q, m in batch], deps)
         seconds = time.perf_counter() - started
