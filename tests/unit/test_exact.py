@@ -1,4 +1,4 @@
-"""Exact top-k against a brute-force sort."""
+"""Exact top-k by cosine against a brute-force sort."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.store.exact import top_k
+from worker.store.base import SearchGroup
+from worker.store.exact import search_group
 
 
 def normalised(rng: np.random.Generator, rows: int, dims: int) -> np.ndarray:
@@ -26,7 +27,8 @@ def test_top_k_equals_a_full_sort(rows: int, queries: int, k: int, seed: int) ->
     matrix = normalised(rng, rows, 16) if rows else np.zeros((0, 16), np.float32)
     vectors = normalised(rng, queries, 16)
     ks = [max(1, k - i) for i in range(queries)]
-    got = top_k(matrix, vectors, ks)
+    found = search_group(matrix, None, SearchGroup("t", "o", vectors, tuple(ks)))
+    got = [[(index, score) for index, score, *_ in per_query] for per_query in found]
     for query, wanted_k, hits in zip(vectors, ks, got, strict=True):
         cosines = [float(np.dot(row, query)) for row in matrix]
         expected = sorted(cosines, reverse=True)[:wanted_k]

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from worker.access.profiles import Profile
 from worker.errors import ConfigError
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, sqlite_path
 from worker.store.base import Candidate, GroupResult, Memory, MemoryStore, SearchGroup, Vectors
 from worker.store.sqlite import SQLiteStore
 
@@ -41,13 +41,10 @@ def open_store(
     mongodb://... or mongodb+srv://...; `dimensions` is the embedder's. Only ingest and
     init ask for a `writable` one: a serving worker never writes into its store.
     `profile`: the settings' store profile where the caller has built it already."""
-    scheme = urlparse(settings.store_url).scheme
-    if scheme == "sqlite":
-        path = settings.store_url.removeprefix("sqlite:///")
-        if not path:
-            raise ConfigError("sqlite store URL needs a path: sqlite:///./recallq.db")
+    if (path := sqlite_path(settings.store_url)) is not None:  # settings checked the URL
         cache_bytes = int(settings.sqlite_cache_mb * 2**20)
         return SQLiteStore(Path(path), writable=writable, cache_bytes=cache_bytes)
+    scheme = urlparse(settings.store_url).scheme
     if scheme in ("mongodb", "mongodb+srv"):
         return open_mongo(settings, dimensions, profile=profile)
     raise ConfigError(

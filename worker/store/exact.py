@@ -16,20 +16,9 @@ Found = tuple[int, float, int | None, float | None, int | None]
 """(row index, cosine, vector rank, BM25 or None, lexical rank): one candidate of a query."""
 
 
-def top_k(matrix: Vectors, queries: Vectors, ks: Sequence[int]) -> list[list[tuple[int, float]]]:
-    """(row index, cosine) of the best `ks[i]` rows of `matrix` for `queries[i]`.
-
-    Both sides are L2-normalised, so the dot product is the cosine. Ties are broken
-    by row index so results are deterministic.
-    """
-    if matrix.shape[0] == 0:
-        return [[] for _ in ks]
-    scores = queries @ matrix.T
-    return [[(i, float(row[i])) for i in best(row, k)] for row, k in zip(scores, ks, strict=True)]
-
-
 def best(scores: np.ndarray, k: int) -> list[int]:
-    """Indexes of the `k` highest scores, best first, ties broken by index."""
+    """Indexes of the `k` highest scores, best first, ties broken by index (so results are
+    deterministic)."""
     k = min(k, scores.shape[0])
     if k <= 0:
         return []
@@ -48,7 +37,7 @@ def search_group(
     check_dimensions(matrix, group.vectors)
     if matrix.shape[0] == 0:
         return [[] for _ in group.ks]
-    cosines = group.vectors @ matrix.T
+    cosines = group.vectors @ matrix.T  # both sides are L2-normalised: dot = cosine
     found = []
     for query, (row, k) in enumerate(zip(cosines, group.ks, strict=True)):
         vector = best(row, k)
