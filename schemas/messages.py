@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     OVERLOADED = "overloaded"
     FORBIDDEN = "forbidden"
     STORE_UNAVAILABLE = "store_unavailable"
+    EMBEDDING_UNAVAILABLE = "embedding_unavailable"
     INTERNAL = "internal"
 
 

@@ -6,6 +6,8 @@ from schemas.messages import ErrorCode, describe_validation_error
 
 __all__ = [
     "ConfigError",
+    "EmbeddingRefused",
+    "EmbeddingUnavailable",
     "Forbidden",
     "ForeignReplyTo",
     "InvalidMessage",
@@ -42,6 +44,21 @@ class StoreUnavailable(RecallqError):
 
     code = ErrorCode.STORE_UNAVAILABLE
     retryable = True
+
+
+class EmbeddingUnavailable(RecallqError):
+    """The embedding provider gave no vectors in time (timeouts, 429s, 5xx, connection
+    errors past the request's deadline); the caller may retry."""
+
+    code = ErrorCode.EMBEDDING_UNAVAILABLE
+    retryable = True
+
+
+class EmbeddingRefused(EmbeddingUnavailable):
+    """The provider refused the worker's configuration (400/401/403/404, wrong vector
+    size): retrying cannot help until a setting is fixed; the message names it."""
+
+    retryable = False
 
 
 class StoreMismatch(RecallqError):

@@ -2,6 +2,10 @@
 
     drop expired -> embed -> search and rank -> build responses
 
+A batch is one embedding call (the worker cuts batches to the provider's limits), so
+when the provider gives no vectors in time, `embedding_unavailable` answers exactly
+the requests of that call.
+
 `process` needs no broker: it takes requests with their arrival times and
 returns what became of each (`worker.outcomes`); `worker.reply.Settler` sends
 the replies and settles the messages. `process_isolated` wraps it so that one
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,7 +32,7 @@ from schemas.messages import (
 )
 from worker.access.profiles import Profile
 from worker.deadlines import expired, past_deadline
-from worker.errors import RecallqError, StoreUnavailable
+from worker.errors import EmbeddingUnavailable, RecallqError, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, Outcome
 from worker.retry import Deadline, deadlines_for, with_deadlines
@@ -37,7 +41,13 @@ from worker.store.base import MemoryStore, Vectors
 
 log = structlog.get_logger(__name__)
 
-Embed = Callable[[Sequence[str]], Awaitable[Vectors]]
+
+class Embed(Protocol):
+    def __call__(self, texts: Sequence[str], deadline: float | None = None) -> Awaitable[Vectors]:
+        """One row per text; `deadline` (epoch seconds) bounds a remote provider's retries."""
+        ...
+
+
 Hits = dict[str, list[MemoryHit]]
 
 
@@ -61,6 +71,9 @@ class Dependencies:
     candidate_factor: int = 4
     search: SearchMode = "hybrid"  # for requests that name no search mode
     store_retry_s: float = 10.0
+    embed_retry_s: float = (
+        10.0  # how long a remote provider is retried for a request without a deadline
+    )
     metrics: Metrics = field(default_factory=Metrics)
     store_mode: str = ""
     profile: Profile | None = None  # memory type -> collection and owner field
@@ -92,13 +105,17 @@ async def process(
     try:
         if not live:  # nothing to embed, search or time
             return [_expired(q, deps, "before work") for q in batch]
-        vectors = await deps.embed([r.query for r in requests])
+        vectors = await _embed(requests, deps, started)
     finally:
         if embedded is not None:
             embedded.set()
     embedded_at = time.monotonic()
     deps.metrics.embed_seconds.observe(embedded_at - started.mono)
-    found = dict(zip(live, await _search(requests, vectors, deps, started), strict=True))
+    if isinstance(vectors, EmbeddingUnavailable):
+        results: list[Hits | RecallqError] = [vectors] * len(live)
+    else:
+        results = await _search(requests, vectors, deps, started)
+    found = dict(zip(live, results, strict=True))
     timings = _BatchTimings(started, embedded_at, time.monotonic(), len(live))
     log.info(
         "batch done",
@@ -126,6 +143,26 @@ async def process_isolated(
             return [Crashed(repr(exc))]
         log.exception("batch crashed; processing its requests one by one", size=len(batch))
     return [(await process_isolated([queued], deps))[0] for queued in batch]
+
+
+async def _embed(
+    requests: list[RetrievalRequest], deps: Dependencies, started: _Clock
+) -> Vectors | EmbeddingUnavailable:
+    """The batch's vectors, or why the provider gave none in time (every request's error)."""
+    try:
+        return await deps.embed(
+            [r.query for r in requests], _embed_deadline(requests, deps, started)
+        )
+    except EmbeddingUnavailable as exc:
+        log.warning("embedding failed", error=str(exc), code=exc.code, size=len(requests))
+        return exc
+
+
+def _embed_deadline(requests: list[RetrievalRequest], deps: Dependencies, now: _Clock) -> float:
+    """The latest time (epoch seconds) any request of the batch still wants its vector:
+    its deadline less the reply margin, or `embed_retry_s` from now without one."""
+    deadlines = deadlines_for(requests, deps.embed_retry_s, now.wall, now.mono)
+    return now.wall + max(d.give_up for d in deadlines) - now.mono
 
 
 async def _search(

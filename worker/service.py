@@ -27,7 +27,7 @@ from worker.access.tenants import TenantPolicy
 from worker.batch import Batcher, BatchLimits
 from worker.consume import Consumer, Settle
 from worker.delivery import Delivery, QueueLane
-from worker.embedding.embedder import Embedder
+from worker.embedding.base import TextEmbedder
 from worker.errors import ConfigError, StoreUnavailable
 from worker.metrics import HealthServer, Metrics
 from worker.outcomes import Answered, NotNow, Outcome
@@ -93,6 +93,7 @@ class Worker:
         model_lanes: int,
         policy: TenantPolicy | None,
         profile: Profile,
+        embedder_usable: Callable[[], bool] = lambda: True,
     ) -> None:
         """The parts, built: `Worker.from_settings` builds them from settings."""
         self.settings = settings
@@ -104,6 +105,7 @@ class Worker:
         self._model_lanes_free = asyncio.Semaphore(model_lanes)
         self._policy = policy
         self._profile = profile
+        self._embedder_usable = embedder_usable
         self.health: HealthServer | None = None
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
@@ -115,7 +117,7 @@ class Worker:
     def from_settings(
         cls,
         settings: WorkerSettings,
-        embedder: Embedder,
+        embedder: TextEmbedder,
         store: MemoryStore,
         metrics: Metrics | None = None,
     ) -> Worker:
@@ -136,26 +138,21 @@ class Worker:
             candidate_factor=settings.candidate_factor,
             search=settings.search,
             store_retry_s=settings.store_retry_s,
+            embed_retry_s=settings.embed_retry_s,
             metrics=metrics,
             store_mode=str(store.describe().get("mode", "")),  # chosen when it connected
             profile=profile,
         )
-        limits = BatchLimits(
-            settings.max_batch,
-            settings.max_batch_tokens,
-            settings.max_wait_ms / 1000,
-            settings.bulk_top_up,
-            settings.batch_sort_window,
-        )
         return cls(
             settings=settings,
             deps=deps,
-            batcher=Batcher(limits),
+            batcher=Batcher(_batch_limits(settings, embedder)),
             unsettled=unsettled,
             count_tokens=embedder.count_tokens,
             model_lanes=embedder.lanes,
             policy=_tenant_policy(settings),
             profile=profile,
+            embedder_usable=lambda: embedder.usable,
         )
 
     async def run(
@@ -268,14 +265,15 @@ class Worker:
             return False
 
     def _start_health_server(self, connection: AbstractRobustConnection) -> None:
-        """Ready = consuming, broker connected, model loaded, nothing stuck, and the
-        store's last call (or look, every STORE_CHECK_S) worked."""
+        """Ready = consuming, broker connected, model loaded (a provider not refusing the
+        configuration), nothing stuck, and the store's last call (or look, every
+        STORE_CHECK_S) worked."""
         if self.settings.metrics_port < 0:
             return
 
         def ready() -> bool:
             connected = connection.connected.is_set()
-            usable = self.deps.store.usable
+            usable = self.deps.store.usable and self._embedder_usable()
             return self.ready.is_set() and connected and self.unsettled.late == 0 and usable
 
         try:
@@ -379,6 +377,22 @@ async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return None
+
+
+def _batch_limits(settings: WorkerSettings, embedder: TextEmbedder) -> BatchLimits:
+    """The settings' batch limits, cut to the provider's per-call limits: one batch, one
+    call. (Padded tokens, longest x count, bound the call's sum of tokens from above.)"""
+    max_batch = min(settings.max_batch, embedder.max_inputs or settings.max_batch)
+    max_tokens = min(
+        settings.max_batch_tokens, embedder.max_call_tokens or settings.max_batch_tokens
+    )
+    return BatchLimits(
+        max_batch,
+        max_tokens,
+        settings.max_wait_ms / 1000,
+        settings.bulk_top_up,
+        settings.batch_sort_window,
+    )
 
 
 def _tenant_policy(settings: WorkerSettings) -> TenantPolicy | None:

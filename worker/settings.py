@@ -7,7 +7,7 @@ import re
 import socket
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from schemas.messages import SearchMode
 from schemas.settings import ENCODE_HINT, BrokerSettings, host_port, url_authority
@@ -77,9 +77,78 @@ class WorkerSettings(BrokerSettings):
         default="sqlite:///./recallq.db",
         description="Memory store: sqlite:///PATH (embedded) or mongodb://...",
     )
+    embed_provider: Literal["local", "openai", "azure"] = Field(
+        default="local",
+        description="local = a sentence-transformers model in the worker; openai = any "
+        "OpenAI-compatible embeddings API (OpenAI, Ollama, vLLM, TEI, Infinity, LM Studio) at "
+        "RECALLQ_EMBED_BASE_URL; azure = Azure OpenAI (api-key header, api-version).",
+    )
     embed_model: str = Field(
         default="",
-        description="sentence-transformers model name or path; empty = bundled all-MiniLM-L6-v2.",
+        description="local: sentence-transformers model name or path, empty = bundled "
+        "all-MiniLM-L6-v2; openai/azure: the model (Azure: deployment) the API is asked for.",
+    )
+    embed_base_url: str = Field(
+        default="",
+        description="openai/azure: the API's base URL, to which /embeddings is added; empty = "
+        "https://api.openai.com/v1. Azure: https://RESOURCE.openai.azure.com/openai/deployments/"
+        "DEPLOYMENT.",
+    )
+    embed_dimensions: int = Field(
+        default=0,
+        ge=0,
+        le=65536,
+        description="openai/azure: `dimensions` asked of the API (text-embedding-3 models "
+        "shorten their vectors); 0 = not sent, the model's own size.",
+    )
+    embed_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="openai/azure: the API key (Authorization: Bearer, Azure: api-key); never "
+        "logged. Empty = RECALLQ_EMBED_API_KEY_FILE, or no key (a local server).",
+    )
+    embed_api_key_file: str = Field(
+        default="", description="openai/azure: a file holding the API key (a mounted secret)."
+    )
+    embed_api_version: str = Field(
+        default="2024-10-21", description="azure: the api-version query parameter."
+    )
+    embed_encoding: Literal["base64", "float"] = Field(
+        default="base64",
+        description="openai/azure: encoding_format asked for; base64 is a quarter of the bytes "
+        "(what the OpenAI SDK asks for); float for servers without it.",
+    )
+    embed_timeout_s: float = Field(
+        default=10.0, gt=0, description="openai/azure: longest wait for one API call."
+    )
+    embed_retry_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="openai/azure: how long a failing provider is retried for a request "
+        "without a deadline (with one, until its deadline).",
+    )
+    embed_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="openai/azure: most API calls in flight; halved on each 429, regained "
+        "one at a time as calls succeed.",
+    )
+    embed_max_inputs: int = Field(
+        default=2048,
+        ge=1,
+        description="openai/azure: most inputs in one call (OpenAI 2048; TEI's default 32).",
+    )
+    embed_max_input_tokens: int = Field(
+        default=8191,
+        ge=1,
+        description="openai/azure: most tokens of one input (OpenAI 8191); a longer text is "
+        "cut to it, as a local model cuts at its own limit.",
+    )
+    embed_max_call_tokens: int = Field(
+        default=300_000,
+        ge=1,
+        description="openai/azure: most tokens in one call, all inputs together (OpenAI "
+        "300,000). Tokens are estimated as UTF-8 bytes: never fewer than a tokenizer counts.",
     )
     embed_device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         default="auto", description="Device for the embedder; auto = cuda, then mps, then cpu."

@@ -31,6 +31,7 @@ from worker.embedding.backends import (
     load_encoder,
     resolved,
 )
+from worker.embedding.base import CacheStats
 from worker.threads import single_thread
 from worker.vectors import Vectors
 
@@ -56,12 +57,6 @@ class ModelLane:
         return self.thread.submit(work, *args).result()
 
 
-@dataclass
-class CacheStats:
-    lookups: int = 0
-    hits: int = 0
-
-
 class Embedder:
     def __init__(self, lanes: Sequence[ModelLane], cache_size: int = 10_000) -> None:
         self._lanes = list(lanes)
@@ -74,6 +69,12 @@ class Embedder:
         self.description = first.description + (f" x{len(lanes)}" if len(lanes) > 1 else "")
         self.dimensions = first.dimensions
         self.max_tokens = first.max_tokens
+        self.max_inputs: int | None = None  # a local model takes any batch
+        self.max_call_tokens: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        return True
 
     @property
     def lanes(self) -> int:
@@ -110,9 +111,9 @@ class Embedder:
         """
         return min(self.max_tokens, 2 + len(text) // 3)
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str], deadline: float | None = None) -> Vectors:
         """Unit-length float32 vectors, one row per text, on whichever model lane is free
-        first (waiting for one if none is)."""
+        first (waiting for one if none is). A local model needs no deadline: it answers."""
         if self._free is None:
             self._free = asyncio.Queue()
             for lane in self._lanes:
