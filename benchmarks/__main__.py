@@ -1,12 +1,63 @@
-"""`python -m benchmarks run [--quick]` and `python -m benchmarks bulk-interactive [--quick]`."""
+"""`python -m benchmarks run [--quick]`, `... bulk-interactive`, `... gpu` and the others.
+
+Each subcommand's module is imported only when it runs: `gpu` must start on a machine
+without RabbitMQ's client, Celery or matplotlib, which the others import.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from benchmarks import bulk_interactive, chaos, dashboard, harness, overload, quality
-from benchmarks.common import RESULTS
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """Batch sizes from "1,2,4": integers, each at least 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes are integers >= 1: {text!r}")
+    return sizes
+
+
+def add_gpu(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gpu = commands.add_parser(
+        "gpu", help="embedder texts/s and pipeline req/s per batch size on a GPU, no broker"
+    )
+    gpu.add_argument("--device", help="cuda (default; fp16) or cpu (the default with --quick)")
+    gpu.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch")
+    gpu.add_argument("--batches", type=batch_sizes, help="default 1,2,4,...,256 (--quick: 1,4,16)")
+    gpu.add_argument("--seconds-per-size", type=float, help="each measurement (default 10)")
+    gpu.add_argument("--model", type=Path, help="a sentence-transformers directory")
+    gpu.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
+    gpu.add_argument("--quick", action="store_true", help="CPU, small sizes, under a minute")
+    gpu.add_argument(
+        "--prepare", action="store_true",
+        help="(here, online) write .bench-cache/gpu: the fp16 model and wheels to carry",
+    )  # fmt: skip
+
+
+def rates(text: str) -> tuple[int, ...]:
+    """Offered loads from "10,50": requests/s, integers, each at least 1."""
+    try:
+        return batch_sizes(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"loads are integers >= 1 (req/s): {text!r}") from None
+
+
+def add_remote_embed(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    remote = commands.add_parser(
+        "remote-embed",
+        help="recallq vs one call per query against a slow, rate-limited embeddings API",
+    )
+    remote.add_argument("--quick", action="store_true", help="2 loads, 3 s each")
+    remote.add_argument("--loads", type=rates, help="offered req/s (default 10,25,50,100,200)")
+    remote.add_argument("--latency-ms", type=float, help="the provider's per call (default 80)")
+    remote.add_argument(
+        "--calls-per-minute", type=float, help="the provider's rate limit (default 3000)"
+    )
+    remote.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
@@ -14,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="embed ceiling, naive, Celery and recallq compared")
     run.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
-    run.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    run.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
     chaos_cmd = commands.add_parser("chaos", help="kill workers and restart the broker under load")
     chaos_cmd.add_argument("--requests", type=int, default=10_000)
     chaos_cmd.add_argument("--kills", type=int, default=4, help="SIGKILLs of one worker")
@@ -37,18 +88,51 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     )
     quality_cmd.add_argument("--data", type=Path, help="locomo JSON (default: ../shared/data)")
     quality_cmd.add_argument("--quick", action="store_true", help="20 questions a conversation")
-    args = parser.parse_args(argv)
+    add_gpu(commands)
+    add_remote_embed(commands)
+    return dispatch(parser.parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "gpu":
+        from benchmarks import gpu
+
+        if args.prepare:
+            return gpu.prepare()
+        return gpu.main(
+            args.device, args.batches, args.seconds_per_size, args.model,
+            args.results or gpu.RESULTS, quick=args.quick, backend=args.backend,
+        )  # fmt: skip
     if args.command == "run":
-        harness.main(quick=args.quick, results_dir=args.results)
+        from benchmarks import harness
+        from benchmarks.common import RESULTS
+
+        harness.main(quick=args.quick, results_dir=args.results or RESULTS)
     elif args.command == "bulk-interactive":
+        from benchmarks import bulk_interactive
+
         bulk_interactive.main(quick=args.quick)
     elif args.command == "overload":
+        from benchmarks import overload
+
         overload.main(args.factor, args.rate, quick=args.quick)
     elif args.command == "dashboard":
+        from benchmarks import dashboard
+
         return dashboard.main()
     elif args.command == "quality":
+        from benchmarks import quality
+
         return quality.main(args.data, quick=args.quick)
+    elif args.command == "remote-embed":
+        from benchmarks import remote_embed
+
+        return remote_embed.main(
+            args.quick, args.results, args.loads, args.latency_ms, args.calls_per_minute
+        )
     elif args.command == "chaos":
+        from benchmarks import chaos
+
         return chaos.main(args.requests, args.kills, args.cluster)
     return 0
 

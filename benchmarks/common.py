@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.processes import WorkerProcess
 from schemas.settings import BrokerSettings
-from worker.embedding.embedder import Embedder
+from worker.embedding.base import TextEmbedder
 from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.store import MemoryStore
@@ -108,7 +108,7 @@ async def delete_queues(settings: BrokerSettings) -> None:
 
 @asynccontextmanager
 async def running_worker(
-    settings: WorkerSettings, embedder: Embedder, store: MemoryStore
+    settings: WorkerSettings, embedder: TextEmbedder, store: MemoryStore
 ) -> AsyncIterator[Worker]:
     """A worker on this event loop, consuming once this yields; stopped and drained after."""
     worker = Worker.from_settings(settings, embedder, store)

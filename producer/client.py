@@ -87,6 +87,7 @@ class Query:
     filters: Mapping[str, str] | None = None
     search: SearchMode | None = None  # vector, lexical or hybrid; None: the worker's default
     fusion: Fusion | None = None
+    knowledge_base_ids: Sequence[str] | None = None  # memorizz's attached knowledge bases
 
 
 async def connect_client(
@@ -202,6 +203,9 @@ class RetrievalClient:
             filters=dict(query.filters) if query.filters is not None else None,
             search=query.search,
             fusion=query.fusion,
+            knowledge_base_ids=(
+                list(query.knowledge_base_ids) if query.knowledge_base_ids is not None else None
+            ),
         )
         future: asyncio.Future[RetrievalResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
@@ -250,10 +254,14 @@ class RetrievalClient:
         filters: Mapping[str, str] | None = None,
         search: SearchMode | None = None,
         fusion: Fusion | None = None,
+        knowledge_base_ids: Sequence[str] | None = None,
     ) -> RetrievalResponse:
         """Retrieve and wait for the reply; raises RetrievalTimeout after `timeout` seconds."""
         timeout = self.timeout if timeout is None else timeout
-        call = Query(query, memory_id, limits, min_score, weights, filters, search, fusion)
+        call = Query(
+            query, memory_id, limits, min_score, weights, filters, search, fusion,
+            knowledge_base_ids,
+        )  # fmt: skip
         future = await self.submit(call, request_id=request_id, timeout=timeout)
         return await self.wait(future, timeout)
 

@@ -79,6 +79,9 @@ Limit = Annotated[StrictInt, Field(ge=1, le=100)]
 MemoryTypeName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
 ScopeField = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
 ScopeValue = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+OwnerValue = Annotated[StrictStr, Field(min_length=1, max_length=256)]  # memory_id's rules
+MAX_ATTACHED = 16
+AttachedIds = Annotated[list[OwnerValue], Field(max_length=MAX_ATTACHED)]
 Weight = Annotated[float, Field(ge=0.0, le=10.0)]
 
 
@@ -195,6 +198,16 @@ class RetrievalRequest(BaseModel):
         default=None,
         description="Scope equalities on top of memory_id (e.g. user_id): strings only, "
         "fields from the deployment's list (RECALLQ_SCOPE_FIELDS), never the owner field.",
+    )
+    knowledge_base_ids: AttachedIds | None = Field(
+        default=None,
+        description="memorizz's attached knowledge bases: for each memory type whose store "
+        "profile names an attached field (memorizz's knowledge_base and long_term_memory: "
+        "knowledge_base_id), rows whose attached field is one of these ids are searched "
+        "with the owner's own rows in one ranked list, as memorizz's knowledge-base search "
+        "does (owner OR attached; filters still apply on top). Other memory types of the "
+        "request are searched by memory_id alone. The worker refuses it where no requested "
+        "type has an attached field; empty or null: none attached.",
     )
 
     @field_validator("query")

@@ -20,7 +20,9 @@ from schemas.logs import configure_logging
 from worker.admin.broker_cli import BROKER_COMMANDS, add_broker_commands, run_broker_command
 from worker.admin.ingest import ingest_file
 from worker.embedding.backends import load_encoder, resolved
+from worker.embedding.base import TextEmbedder
 from worker.embedding.embedder import Embedder
+from worker.embedding.remote import RemoteEmbedder
 from worker.errors import ConfigError, StoreUnavailable
 from worker.service import Worker, stop_on_signals, unless_stopped
 from worker.settings import WorkerSettings
@@ -100,11 +102,12 @@ def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
     return asyncio.run(main)
 
 
-@asynccontextmanager
-async def _opened(
-    settings: WorkerSettings, *, writable: bool = False
-) -> AsyncIterator[tuple[Embedder, MemoryStore]]:
-    embedder = await asyncio.to_thread(
+async def open_embedder(settings: WorkerSettings) -> TextEmbedder:
+    """The embedder RECALLQ_EMBED_PROVIDER names: the local model, loaded and warm, or a
+    remote provider that has answered one call (so its vector size is known)."""
+    if settings.embed_provider != "local":
+        return await RemoteEmbedder.connect(settings.remote_spec())
+    return await asyncio.to_thread(
         partial(
             Embedder.load,
             settings.encoder_spec(),
@@ -112,12 +115,31 @@ async def _opened(
             cache_size=settings.embed_cache_size,
         )
     )
-    store = open_store(settings, embedder.dimensions, writable=writable)
+
+
+async def close_embedder(embedder: TextEmbedder) -> None:
+    if isinstance(embedder, RemoteEmbedder):
+        await embedder.aclose()
+    else:
+        embedder.close()
+
+
+@asynccontextmanager
+async def _opened(
+    settings: WorkerSettings, *, writable: bool = False
+) -> AsyncIterator[tuple[TextEmbedder, MemoryStore]]:
+    """The embedder, then the store (which checks its data against the embedder's size)."""
+    embedder = await open_embedder(settings)
+    try:
+        store = open_store(settings, embedder.dimensions, writable=writable)
+    except BaseException:
+        await close_embedder(embedder)
+        raise
     try:
         yield embedder, store
     finally:
         await store.close()
-        embedder.close()
+        await close_embedder(embedder)
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -152,6 +174,9 @@ async def _init(settings: WorkerSettings) -> None:
 
 
 def _export(settings: WorkerSettings) -> None:
+    if settings.embed_provider != "local":
+        print(f"nothing to export: the {settings.embed_provider} provider embeds remotely")
+        return
     spec = resolved(settings.encoder_spec())
     if spec.backend != "onnx":
         print(f"nothing to export: the {spec.backend} backend runs the model as it is")

@@ -139,7 +139,8 @@ class Consumer:
         """Batch the request; or Expired, when its caller has already given up (it then
         takes no batch slot: under overload the queue's tail is mostly such)."""
         request = decode(message, self._max_bytes)
-        owner = self._profile.check(request.limits, request.filters or ())
+        attached = request.knowledge_base_ids or []
+        owner = self._profile.check(request.limits, request.filters or (), attached)
         if self._topology.least_privilege and not message.user_id:
             raise ForeignReplyTo(  # no identity: whose reply_to it names cannot be known
                 "no user_id: the least-privilege topology answers only requests that carry "
@@ -152,7 +153,11 @@ class Consumer:
                 f"reply_to {message.reply_to!r} is not a queue of user {message.user_id!r}"
             )
         if self._policy is not None:  # before any work: the model never sees a refused query
-            self._policy.check(message.user_id, request.memory_id, request.filters, owner)
+            self._policy.check(
+                message.user_id, request.memory_id, request.filters, owner,
+                attached_field=self._profile.attached_field_of(request.limits),
+                attached_ids=attached,
+            )  # fmt: skip
         if past_deadline(request, time.time()):
             return expired(request.request_id, self._worker_id, "while it was queued")
         envelope = Envelope(message, lane, received, request.request_id)

@@ -3,6 +3,8 @@
 Each worker owns its registry (several workers can live in one test process).
 `/metrics` is the Prometheus text format, `/healthz` says the process is alive,
 `/readyz` says it is connected to the broker and the store with the model loaded.
+A remote embedding provider's calls are counted here too (`EmbedCalls`), through the
+observer hook the embedding layer offers (it cannot import this module).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Metrics:
             registry=r,
         )
         self._count_deliveries(r)
+        self.embed_calls = EmbedCalls(r)
         self._cache_stats: Callable[[], tuple[int, int]] | None = None
         r.register(_CacheCollector(self))
 
@@ -101,6 +104,63 @@ class Metrics:
 
     def cache_figures(self) -> tuple[int, int]:
         return self._cache_stats() if self._cache_stats else (0, 0)
+
+
+class EmbedCalls:
+    """A remote embedding provider's calls (worker.embedding.remote.EmbedObserver): how
+    each ended, what it carried, how long it took, retries and rate limiting."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "recallq_embed_calls",
+            "Calls to the remote embedding provider, by how each ended: ok, 429, 5xx, "
+            "timeout, connection, invalid (an answer cut short or not JSON), refused.",
+            ["status"], registry=r,
+        )  # fmt: skip
+        self.inputs = Counter(
+            "recallq_embed_inputs", "Texts the remote provider embedded (calls answered ok).",
+            registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "recallq_embed_tokens", "Tokens the remote provider counted (its usage): billed.",
+            registry=r,
+        )  # fmt: skip
+        self.seconds = Histogram(
+            "recallq_embed_call_seconds", "Duration of each call to the remote provider.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "recallq_embed_retries", "Calls to the remote provider tried again, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.rate_limits = Counter(
+            "recallq_embed_rate_limited",
+            "429s that halved the calls allowed in flight (one per burst of 429s).",
+            registry=r,
+        )
+        self.allowed = Gauge(
+            "recallq_embed_concurrency_allowed",
+            "Calls to the remote provider allowed in flight now: halved by 429s, regained "
+            "one at a time as calls succeed (0: a local model).",
+            registry=r,
+        )
+
+    def called(self, status: str, inputs: int, tokens: int | None, seconds: float) -> None:
+        self.calls.labels(status=status).inc()
+        self.seconds.observe(seconds)
+        if status == "ok":
+            self.inputs.inc(inputs)
+            if tokens:
+                self.tokens.inc(tokens)
+
+    def retried(self, reason: str) -> None:
+        self.retries.labels(reason=reason).inc()
+
+    def rate_limited(self) -> None:
+        self.rate_limits.inc()
+
+    def watch_allowed(self, allowed: Callable[[], int]) -> None:
+        self.allowed.set_function(allowed)
 
 
 class _CacheCollector:

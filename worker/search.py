@@ -1,4 +1,5 @@
-"""The search stage: group a batch by (collection, owner, filters), search, rank per request.
+"""The search stage: group a batch by (collection, owner, attached ids, filters), search,
+rank per request.
 
 Each query asks its group for vector candidates, lexical candidates or both, as its
 request's search mode says, `limit x candidate_factor` of each; worker.fusion turns
@@ -6,7 +7,9 @@ the two lists into one relevance and the memory signal ranks.
 
 Memory types name what a request wants; the store profile says which collection
 each lives in and which field holds its owner (the request's memory_id). Two types
-in one collection with the same owner field (an alias) share one search.
+in one collection with the same owner field (an alias) share one search. A type whose
+profile names an attached field (memorizz's knowledge base) also searches the rows
+attached by the request's `knowledge_base_ids`, in the same search.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ Scope = tuple[tuple[str, str], ...]
 Observe = Callable[[float], None]  # seconds of the batch's one store call
 
 
+Key = tuple[str, str, str, str | None, tuple[str, ...], Scope]
+
+
+def group_key(request: RetrievalRequest, memory_type: str, profile: Profile | None) -> Key:
+    """(collection, owner field, memory_id, attached field, attached ids, filters): the
+    attached part only for a type whose profile names an attached field, with ids."""
+    collection = profile.collection(memory_type) if profile else memory_type
+    owner_field = profile.owner(memory_type) if profile else MEMORY_ID
+    attached_field = profile.attached_field(memory_type) if profile else None
+    ids = tuple(sorted(set(request.knowledge_base_ids or ()))) if attached_field else ()
+    scope = tuple(sorted((request.filters or {}).items()))
+    return collection, owner_field, request.memory_id, attached_field if ids else None, ids, scope
+
+
 def build_groups(
     requests: Sequence[RetrievalRequest],
     vectors: Vectors,
@@ -36,19 +53,15 @@ def build_groups(
     profile: Profile | None = None,
     search: SearchMode = "hybrid",
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
-    """One group per (collection, owner field, memory_id, filters); for each, the slots it
-    answers. `profile` maps memory types to collections and owner fields (default: the
-    same name, owned by memory_id)."""
-    members: dict[tuple[str, str, str, Scope], list[Slot]] = defaultdict(list)
+    """One group per (collection, owner field, memory_id, attached ids, filters); for each,
+    the slots it answers. `profile` maps memory types to collections, owner and attached
+    fields (default: the same name, owned by memory_id, nothing attached)."""
+    members: dict[Key, list[Slot]] = defaultdict(list)
     for index, request in enumerate(requests):
-        scope = tuple(sorted((request.filters or {}).items()))
         for memory_type in request.limits:
-            collection = profile.collection(memory_type) if profile else memory_type
-            owner_field = profile.owner(memory_type) if profile else MEMORY_ID
-            key = (collection, owner_field, request.memory_id, scope)
-            members[key].append((index, memory_type))
+            members[group_key(request, memory_type, profile)].append((index, memory_type))
     groups = []
-    for (collection, owner_field, owner, scope), slots in members.items():
+    for (collection, owner_field, owner, attached_field, ids, scope), slots in members.items():
         rows = [index for index, _ in slots]
         wanted = [requests[i].limits[t] * candidate_factor for i, t in slots]
         modes = [requests[i].search or search for i, _ in slots]
@@ -62,9 +75,25 @@ def build_groups(
                 collection, owner, vectors[rows], ks, scope, owner_field,
                 queries=tuple(requests[i].query for i in rows) if lexical else (),
                 lexical_ks=lexical_ks if lexical else (),
+                attached_field=attached_field, attached_ids=ids,
             )
         )  # fmt: skip
     return groups, list(members.values())
+
+
+def admits(request: RetrievalRequest, attached: bool) -> Callable[[Candidate], bool]:
+    """Whether a candidate may answer this request: the owner's own row, or, for a type
+    with an attached field, a row whose attached field is one of the request's ids.
+    Defence in depth: a store bug must never leak another tenant's memories."""
+    owner = request.memory_id
+    ids = frozenset(request.knowledge_base_ids or ()) if attached else frozenset()
+
+    def admitted(candidate: Candidate) -> bool:
+        if candidate.memory.memory_id == owner:
+            return True
+        return candidate.attached is not None and candidate.attached in ids
+
+    return admitted
 
 
 async def search_and_rank(
@@ -93,10 +122,10 @@ async def search_and_rank(
     candidates: list[dict[str, list[Candidate]]] = [{} for _ in requests]
     for slots, per_query in zip(slots_of_group, found, strict=True):
         for (index, memory_type), hits in zip(slots, per_query, strict=True):
-            owner = requests[index].memory_id
-            candidates[index][memory_type] = [c for c in hits if c.memory.memory_id == owner]
+            attached = profile is not None and profile.attached_field(memory_type) is not None
+            admitted = admits(requests[index], attached)
+            candidates[index][memory_type] = [c for c in hits if admitted(c)]
             if len(candidates[index][memory_type]) != len(hits):
-                # Defence in depth: a store bug must never leak another tenant's memories.
                 log.error("store returned foreign memories", request_id=requests[index].request_id)
     return [
         {

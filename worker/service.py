@@ -28,6 +28,7 @@ from worker.batch import Batcher, BatchLimits
 from worker.consume import Consumer, Settle
 from worker.delivery import Delivery, QueueLane
 from worker.embedding.base import TextEmbedder
+from worker.embedding.remote import RemoteEmbedder
 from worker.errors import ConfigError, StoreUnavailable
 from worker.metrics import HealthServer, Metrics
 from worker.outcomes import Answered, NotNow, Outcome
@@ -128,6 +129,9 @@ class Worker:
         metrics.watch_store_cache(store.cache_stats)
         count = metrics.rows_without_embedding
         store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
+        if isinstance(embedder, RemoteEmbedder):  # its calls, retries and rate limiting
+            embedder.observer = metrics.embed_calls
+            metrics.embed_calls.watch_allowed(lambda: embedder.allowed_concurrency)
         unsettled = Unsettled(settings.unsettled_limit_s, metrics.unsettled_too_long.inc)
         metrics.in_flight.set_function(lambda: len(unsettled))
         profile = settings.profile()

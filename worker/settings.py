@@ -6,6 +6,7 @@ import os
 import re
 import socket
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -13,6 +14,7 @@ from schemas.messages import SearchMode
 from schemas.settings import ENCODE_HINT, BrokerSettings, host_port, url_authority
 from worker.access.profiles import SCOPE_FIELDS, Profile, load_profile
 from worker.embedding.backends import EncoderSpec
+from worker.embedding.openai_api import OPENAI_URL, RemoteSpec, shown_url
 from worker.errors import ConfigError
 
 SQLITE_PREFIX = "sqlite:///"
@@ -70,6 +72,22 @@ def check_mongo_url(url: str) -> None:
         raise
     if url.startswith("mongodb+srv://") and (len(names) > 1 or ports[0] is not None):
         raise ValueError("a mongodb+srv:// URL names one host and no port")
+
+
+def check_http_url(url: str) -> None:
+    """ValueError naming RECALLQ_EMBED_BASE_URL unless `url` is http(s)://HOST[:PORT]/..."""
+    shown = shown_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"RECALLQ_EMBED_BASE_URL has no valid host and port: {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ValueError(
+            f"RECALLQ_EMBED_BASE_URL must be an http:// or https:// URL, not {shown!r}"
+        )
+    if url != url.strip() or CONTROL.search(url) or " " in url:
+        raise ValueError("RECALLQ_EMBED_BASE_URL has whitespace or a control character")
 
 
 class WorkerSettings(BrokerSettings):
@@ -336,6 +354,50 @@ class WorkerSettings(BrokerSettings):
             nice=self.embed_nice,
         )
 
+    def remote_spec(self) -> RemoteSpec:
+        """The remote provider's spec (openai/azure), with the API key read from
+        RECALLQ_EMBED_API_KEY_FILE where RECALLQ_EMBED_API_KEY is empty."""
+        if self.embed_provider == "local":
+            raise ConfigError("RECALLQ_EMBED_PROVIDER=local has no remote provider")
+        return RemoteSpec(
+            provider=self.embed_provider,
+            model=self.embed_model,
+            base_url=self.embed_base_url or OPENAI_URL,
+            dimensions=self.embed_dimensions,
+            api_key=self._api_key(),
+            api_version=self.embed_api_version,
+            encoding=self.embed_encoding,
+            timeout_s=self.embed_timeout_s,
+            retry_s=self.embed_retry_s,
+            concurrency=self.embed_concurrency,
+            max_inputs=self.embed_max_inputs,
+            max_input_tokens=self.embed_max_input_tokens,
+            max_call_tokens=self.embed_max_call_tokens,
+            cache_size=self.embed_cache_size,
+            connect_wait_s=self.connect_wait_s,
+        )
+
+    def remote_label(self) -> str:
+        """How errors name a remote provider's model ("" for the local one): its
+        provider, model and URL, never its key."""
+        if self.embed_provider == "local":
+            return ""
+        where = shown_url(self.embed_base_url or OPENAI_URL)
+        return f"{self.embed_provider} {self.embed_model} at {where}"
+
+    def _api_key(self) -> str:
+        key = self.embed_api_key.get_secret_value()
+        if key or not self.embed_api_key_file:
+            return key.strip()
+        try:
+            with open(os.path.expanduser(self.embed_api_key_file), encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the API key file {self.embed_api_key_file} "
+                f"({exc.strerror or type(exc).__name__}): check RECALLQ_EMBED_API_KEY_FILE"
+            ) from None
+
     def profile(self) -> Profile:
         """The store profile (raises ConfigError for a bad RECALLQ_MEMORY_TYPES)."""
         embedded = self.store_url.startswith("sqlite")
@@ -354,6 +416,24 @@ class WorkerSettings(BrokerSettings):
         # memorizz names its Atlas vector index `vector_index`; an explicit setting wins.
         if self.store_profile == "memorizz" and "mongo_vector_index" not in self.model_fields_set:
             self.mongo_vector_index = "vector_index"
+        return self
+
+    @model_validator(mode="after")
+    def _remote_provider(self) -> WorkerSettings:
+        if self.embed_provider == "local":
+            return self
+        if not self.embed_model:
+            raise ValueError(
+                f"RECALLQ_EMBED_PROVIDER={self.embed_provider} needs RECALLQ_EMBED_MODEL: the "
+                "model (Azure: the deployment) the API is asked for, e.g. text-embedding-3-small"
+            )
+        if self.embed_provider == "azure" and not self.embed_base_url:
+            raise ValueError(
+                "RECALLQ_EMBED_PROVIDER=azure needs RECALLQ_EMBED_BASE_URL: "
+                "https://RESOURCE.openai.azure.com (or .../openai/deployments/DEPLOYMENT)"
+            )
+        if self.embed_base_url:
+            check_http_url(self.embed_base_url)
         return self
 
     @model_validator(mode="after")

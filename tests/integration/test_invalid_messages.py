@@ -73,8 +73,15 @@ async def test_malformed_and_schema_invalid_messages_are_refused_and_dead_letter
 
         async with RetrievalClient(settings, timeout=30) as client:
             good = await client.retrieve("my knee hurts", "health-coach:sam", {"summaries": 1})
+            # the embedded store serves the recallq profile: no type takes attached ids
+            attached = await client.retrieve(
+                "my knee hurts", "health-coach:sam", {"long_term_memory": 1},
+                knowledge_base_ids=["kb"],
+            )  # fmt: skip
         assert good.status == "ok"
         assert worker.stats.requests == 1
+        assert attached.error is not None and attached.error.code == ErrorCode.INVALID_REQUEST
+        assert "knowledge_base_ids" in attached.error.message
 
 
 async def test_a_request_past_its_deadline_is_answered_expired_without_work(

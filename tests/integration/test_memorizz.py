@@ -2,13 +2,18 @@
 HuggingFace embeddings from the bundled model, a canned stand-in for the LLM, no
 network), served by a worker with RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy
 oracle over the stored embeddings under the same owner and scope filters, for every
-collection the memorizz profile maps."""
+collection the memorizz profile maps; the knowledge base as memorizz searches it, the
+agent's own facts with its attached knowledge bases (memorizz's own filter, evaluated
+by hand over every stored row, is the oracle's)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +21,11 @@ import pytest
 from pymongo import MongoClient
 
 from producer.client import RetrievalClient
-from schemas.messages import MemoryHit, RankWeights
+from schemas.messages import MemoryHit, RankWeights, RetrievalResponse
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
+from tests.mql import matches
+from tests.oracle import bm25, documents
 from worker.access.profiles import load_profile
 from worker.embedding.backends import bundled_model_path
 from worker.embedding.embedder import Embedder
@@ -59,6 +66,8 @@ CORPUS = {
     "bob": "Lisbon is built on seven hills. Tram 28 climbs through Alfama. Belem is known for "
     "its custard tarts. The April 25th bridge crosses the Tagus.",
 }
+WIDE_CORPUS = ("Trains between Porto and Lisbon take three hours. The river ferries stop at "
+               "night. Bridges in both cities are free to walk across.")  # fmt: skip
 WORKFLOWS = {
     "agent-1": [("book flight", "search fares, compare seats, pay"),
                 ("plan dinner", "find a vegetarian restaurant and reserve")],
@@ -125,6 +134,12 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
             CORPUS[user], namespace="travel", chunking_strategy="sentence", chunk_size=60,
             user_id=user,
         )  # fmt: skip
+        # another agent's fact about this user: never "shared"'s, whatever is attached
+        KnowledgeBase(provider).ingest_knowledge(
+            f"{user} keeps a spare bike near the river bridge", "remembered",
+            chunking_strategy="none", user_id=user,
+            metadata={"memory_id": "other", "agent_id": "agent-2"},
+        )  # fmt: skip
         # what MemAgent.remember files in the knowledge base: the agent's memory_id kept
         KnowledgeBase(provider).ingest_knowledge(
             f"{user} always travels with a folding bike", "remembered", chunking_strategy="none",
@@ -137,6 +152,10 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
         for note in (f"{user} is comparing fares", f"{user} wants a hotel near the river"):
             scratch = {"content": note, "user_id": user, "embedding": provider.embed_text(note)}
             provider.store(scratch, MemoryType.SHORT_TERM_MEMORY, memory_id="shared")
+    # no user: memorizz's agent-wide knowledge
+    KNOWLEDGE["agent-wide"] = KnowledgeBase(provider).ingest_knowledge(
+        WIDE_CORPUS, namespace="travel", chunking_strategy="sentence", chunk_size=60
+    )
     for agent, flows in WORKFLOWS.items():
         for name, description in flows:
             Workflow(name=name, description=description, memory_id="shared", agent_id=agent,
@@ -156,7 +175,7 @@ def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
     MongoClient(secantus.uri).drop_database(database)
 
 
-KNOWLEDGE: dict[str, str] = {}  # user -> the knowledge_base_id memorizz gave its corpus
+KNOWLEDGE: dict[str, str] = {}  # user (or agent-wide) -> the knowledge_base_id of its corpus
 
 
 def oracle(uri: str, database: str, collection: str, scope: dict[str, str], query: np.ndarray,
@@ -251,9 +270,7 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
 ) -> None:
     mongo, store = memorizz_store
     question = "what do I know about the river, the bridge and my trip?"
-    asks = [*OWNED_ELSEWHERE, *((KNOWLEDGE[user], {"knowledge_base": 3}, "knowledge_base_id")
-                                for user in TURNS),
-            ("shared", {"long_term_memory": 1}, "memory_id")]  # fmt: skip
+    asks = [*OWNED_ELSEWHERE, ("shared", {"long_term_memory": 1}, "memory_id")]
     async with (
         running_worker(mongo, embedder, store),
         RetrievalClient(settings, timeout=30) as client,
@@ -272,3 +289,138 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
             assert_oracle_hits(reply.results[memory_type], expected)
     assert mixed.status == "error" and mixed.error is not None
     assert mixed.error.code == "invalid_request" and "one request per owner" in mixed.error.message
+
+
+def knowledge_oracle(
+    uri: str, database: str, query: np.ndarray, k: int, ids: list[str], filters: dict[str, str]
+) -> list[tuple[str, float]]:
+    """Top k (id, cosine) of the knowledge-base rows memorizz's own filter selects for
+    memory_id "shared" and these attached ids, evaluated here over every stored row.
+    memorizz widens a user_id scope to the agent-wide rows (no user_id); recallq's filters
+    are equalities, so user_id is applied as one, on top of memorizz's filter."""
+    kwargs = {"memory_id": "shared", "knowledge_base_ids": ids, **filters}
+    user = kwargs.pop("user_id", None)
+    selector = MongoDBProvider._knowledge_base_search_filter(kwargs)
+    rows = [row for row in MongoClient(uri)[database]["knowledge_base"].find({})
+            if matches(row, selector) and (user is None or row.get("user_id") == user)]  # fmt: skip
+    assert rows, f"memorizz's filter selects no knowledge for {ids} {filters}"
+    matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    cosines = matrix @ (query / np.linalg.norm(query))
+    order = np.argsort(-cosines)[:k]
+    return [(str(rows[i]["_id"]), float(cosines[i])) for i in order]
+
+
+def foreign_ids(uri: str, database: str, ids: list[str]) -> set[str]:
+    """Knowledge rows neither "shared"'s own nor in an attached knowledge base."""
+    rows = MongoClient(uri)[database]["knowledge_base"].find({})
+    return {
+        str(r["_id"])
+        for r in rows
+        if r.get("memory_id") != "shared" and r.get("knowledge_base_id") not in ids
+    }
+
+
+async def test_the_knowledge_base_is_searched_as_memorizz_searches_it(
+    settings: WorkerSettings,
+    secantus: RestartableSecantus,
+    memorizz_db: str,
+    embedder: Embedder,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+) -> None:
+    mongo, store = memorizz_store
+    question = "which bridge crosses the river, and how do I get between the cities?"
+    alice, bob, wide = KNOWLEDGE["alice"], KNOWLEDGE["bob"], KNOWLEDGE["agent-wide"]
+    # (limits, attached ids, filters): the agent's own facts, then widened
+    asks: list[tuple[dict[str, int], list[str], dict[str, str]]] = [
+        ({"knowledge_base": 8, "conversation_memory": 3}, [], {}),
+        ({"knowledge_base": 5, "conversation_memory": 3}, [alice], {}),
+        ({"long_term_memory": 5}, [alice], {}),  # the alias: the same search
+        ({"knowledge_base": 6}, [alice, bob, wide], {"namespace": "travel"}),
+        ({"knowledge_base": 6}, [wide, alice, bob], {"user_id": "alice"}),
+        ({"knowledge_base": 4}, [bob], {"user_id": "alice"}),  # bob's chunks: bob's only
+    ]
+    async with (
+        running_worker(mongo, embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        replies = await asyncio.gather(*(
+            client.retrieve(question, "shared", limits, weights=RELEVANCE_ONLY, search="vector",
+                            knowledge_base_ids=ids or None, filters=filters or None)
+            for limits, ids, filters in asks
+        ))  # fmt: skip
+        lexical = await client.retrieve("bridge river", "shared", {"knowledge_base": 20},
+                                        weights=RELEVANCE_ONLY, search="lexical",
+                                        knowledge_base_ids=[alice, bob])  # fmt: skip
+        unattachable = await client.retrieve(question, "shared", {"conversation_memory": 2},
+                                             knowledge_base_ids=[alice])  # fmt: skip
+    query = (await embedder.embed([question]))[0]
+    for (limits, ids, filters), reply in zip(asks, replies, strict=True):
+        assert reply.status == "ok", reply.error
+        for memory_type, k in limits.items():
+            hits = reply.results[memory_type]
+            if memory_type == "conversation_memory":  # by memory_id alone, as memorizz
+                scope = {"memory_id": "shared"}
+                expected = oracle(secantus.uri, memorizz_db, memory_type, scope, query, k)
+            else:
+                expected = knowledge_oracle(secantus.uri, memorizz_db, query, k, ids, filters)
+            assert_oracle_hits(hits, expected)
+            assert not {h.id for h in hits} & foreign_ids(secantus.uri, memorizz_db, ids)
+    assert len(replies[1].results["knowledge_base"]) == 5  # the limit cut a longer list
+    assert_lexical_is_bm25_over_the_union(secantus.uri, memorizz_db, lexical, [alice, bob])
+    assert unattachable.error is not None and unattachable.error.code == "invalid_request"
+    assert "knowledge_base_ids" in unattachable.error.message
+
+
+def assert_lexical_is_bm25_over_the_union(
+    uri: str, database: str, reply: RetrievalResponse, ids: list[str]
+) -> None:
+    """Lexical hits are every row of the union with a query word, by BM25 whose statistics
+    are the union's (the owner's facts and the attached chunks together): tests/oracle.py's
+    formula over the rows memorizz's filter selects."""
+    assert reply.status == "ok", reply.error
+    selector = MongoDBProvider._knowledge_base_search_filter(
+        {"memory_id": "shared", "knowledge_base_ids": ids}
+    )
+    rows = [
+        r for r in MongoClient(uri)[database]["knowledge_base"].find({}) if matches(r, selector)
+    ]
+    records = [{"id": str(r["_id"]), "content": r["content"],
+                "timestamp": datetime.fromisoformat(r["created_at"]).timestamp()}
+               for r in rows]  # fmt: skip
+    scores = dict(zip([r["id"] for r in records], bm25("bridge river", documents(records)),
+                      strict=True))  # fmt: skip
+    hits = reply.results["knowledge_base"]
+    assert {h.id for h in hits} == {i for i, score in scores.items() if score > 0}
+    for hit in hits:
+        assert hit.lexical == pytest.approx(scores[hit.id], rel=1e-4, abs=1e-5)
+    found = [h.lexical or 0.0 for h in hits]
+    assert found == sorted(found, reverse=True)  # best first: relevance is the BM25 alone
+    owners = {r.get("memory_id") for r in rows if str(r["_id"]) in {h.id for h in hits}}
+    assert "shared" in owners and None in owners  # both sides of the $or scored together
+
+
+async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
+    settings: WorkerSettings,
+    memorizz_db: str,
+    embedder: Embedder,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+    tmp_path: Path,
+) -> None:
+    mongo, store = memorizz_store
+    policy = tmp_path / "policy.json"
+    grants = {"memory_ids": ["shared"], "owners": {"knowledge_base_id": [KNOWLEDGE["alice"]]}}
+    policy.write_text(json.dumps({"users": {settings.amqp_user: grants}}))
+    mongo = mongo.model_copy(update={"tenant_policy": str(policy)})
+    limits = {"knowledge_base": 3}
+    async with (
+        running_worker(mongo, embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        allowed, refused = [
+            await client.retrieve("river", "shared", limits, knowledge_base_ids=ids)
+            for ids in ([KNOWLEDGE["alice"]], [KNOWLEDGE["alice"], KNOWLEDGE["bob"]])
+        ]
+    assert allowed.status == "ok", allowed.error
+    assert refused.error is not None and refused.error.code == "forbidden"
+    assert KNOWLEDGE["bob"] in refused.error.message and "(attached)" in refused.error.message

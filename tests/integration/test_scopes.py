@@ -117,3 +117,28 @@ async def test_embeddings_of_another_size_stop_the_start_and_unembedded_rows_are
         await client.close()
     assert hit.memory.id == "k2"  # never the unembedded row with a made-up score
     assert skipped == [("knowledge_base", 1)]
+
+
+async def test_worker_init_indexes_the_attached_field_beside_the_owner(
+    secantus: RestartableSecantus, embedder: Embedder
+) -> None:
+    """An attached search's $or (memory_id = X OR knowledge_base_id IN ids) has a B-tree
+    index on each side; a collection without an attached field gets none."""
+    settings = mongo_settings(secantus.uri, store_profile="memorizz", mongo_search="exact")
+    store = open_mongo(settings, embedder.dimensions)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(secantus.uri)
+    try:
+        await store.ensure_indexes()
+        database = client[settings.mongo_database]
+        names = {
+            collection: {
+                i["name"] for i in await (await database[collection].list_indexes()).to_list(None)
+            }
+            for collection in ("knowledge_base", "conversation_memory")
+        }
+    finally:
+        await store.close()
+        await client.drop_database(settings.mongo_database)
+        await client.close()
+    assert {"memory_id_timestamp", "knowledge_base_id_timestamp"} <= names["knowledge_base"]
+    assert not any("knowledge_base_id" in name for name in names["conversation_memory"])

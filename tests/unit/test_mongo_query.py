@@ -11,10 +11,12 @@ import pytest
 
 from schemas.memory import FIELD_NAMES
 from schemas.messages import MemoryType
+from tests.mql import matches
 from worker.store.base import Candidate, Memory
 from worker.store.mongo_query import (
     DOCUMENT_FIELDS,
     READERS,
+    attached_value,
     cosine_from_vector_score,
     index_dimensions,
     lexical_search_pipeline,
@@ -160,20 +162,20 @@ def test_the_index_size_is_read_from_list_search_indexes_output() -> None:
 
 def test_an_owner_field_replaces_memory_id_and_a_scope_may_never_override_it() -> None:
     [stage, project] = vector_search_pipeline(
-        "vector_index", np.ones(4), "kb-1", 5, exact=False, scope=(("user_id", "alice"),),
-        owner_field="knowledge_base_id",
+        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=(("user_id", "alice"),),
+        owner_field="agent_id",
     )  # fmt: skip
     assert stage["$vectorSearch"]["filter"] == {
-        "knowledge_base_id": {"$eq": "kb-1"}, "user_id": {"$eq": "alice"},
+        "agent_id": {"$eq": "agent-1"}, "user_id": {"$eq": "alice"},
     }  # fmt: skip
-    assert project["$project"]["knowledge_base_id"] == 1
+    assert project["$project"]["agent_id"] == 1
     with pytest.raises(TypeError, match="twice"):
         tenant_filter("alice", [("user_id", "bob")], owner_field="user_id")
     for hostile in ("$where", "a.b", ""):
         with pytest.raises(TypeError):
             tenant_filter("alice", (), owner_field=hostile)
-    row = {"_id": 7, "knowledge_base_id": "kb-1", "content": "Porto"}
-    assert to_memory(row, "knowledge_base", "knowledge_base_id").memory_id == "kb-1"
+    row = {"_id": 7, "agent_id": "agent-1", "content": "Porto"}
+    assert to_memory(row, "toolbox", "agent_id").memory_id == "agent-1"
 
 
 def test_the_atlas_lexical_pipeline_searches_the_owner_s_rows_only_and_takes_words() -> None:
@@ -235,3 +237,103 @@ def test_a_vector_list_and_a_search_list_merge_with_both_ranks_and_scores() -> N
     ]  # fmt: skip
     assert merged[0].lexical is None and merged[1].lexical == 2.0 and merged[1].score == 0.5
     assert abs(merged[2].score - 0.8) < 1e-6 and merged[2].lexical == 3.0
+
+
+KB = "knowledge_base_id"
+BOUNDARY = {"$or": [{"memory_id": {"$eq": "agent-1"}}, {KB: {"$in": ["kb-1", "kb-2"]}}]}
+
+
+def test_attached_ids_widen_the_owner_with_memorizz_s_or_in_every_query() -> None:
+    scope = (("namespace", "travel"), ("user_id", "alice"))
+    attached = {"attached_field": KB, "attached_ids": ["kb-2", "kb-1", "kb-2"]}
+    expected = {**BOUNDARY, "namespace": {"$eq": "travel"}, "user_id": {"$eq": "alice"}}
+    assert tenant_filter("agent-1", scope, **attached) == expected  # the exact path's find
+    [stage, project] = vector_search_pipeline(
+        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=scope, **attached
+    )
+    assert stage["$vectorSearch"]["filter"] == expected
+    assert project["$project"][KB] == 1 and project["$project"]["memory_id"] == 1
+    [search, _, projected] = lexical_search_pipeline(
+        "recallq_text", "river", "agent-1", 7, scope=scope, **attached
+    )
+    assert search["$search"]["compound"]["filter"] == [
+        {"compound": {"should": [
+            {"equals": {"path": "memory_id", "value": "agent-1"}},
+            {"in": {"path": KB, "value": ["kb-1", "kb-2"]}},
+        ], "minimumShouldMatch": 1}},
+        {"equals": {"path": "namespace", "value": "travel"}},
+        {"equals": {"path": "user_id", "value": "alice"}},
+    ]  # fmt: skip
+    assert projected["$project"][KB] == 1
+    # no ids: the owner's equality alone, as before
+    assert tenant_filter("agent-1", (), attached_field=KB) == {"memory_id": {"$eq": "agent-1"}}
+
+
+@pytest.mark.parametrize(
+    "attached",
+    [
+        {"attached_field": KB, "attached_ids": [{"$ne": None}]},
+        {"attached_field": KB, "attached_ids": [7]},
+        {"attached_field": "$where", "attached_ids": ["kb-1"]},
+        {"attached_field": "a.b", "attached_ids": ["kb-1"]},
+        {"attached_field": "memory_id", "attached_ids": ["kb-1"]},  # the owner's field
+        {"attached_field": "user_id", "attached_ids": ["kb-1"]},  # a scope field
+        {"attached_field": None, "attached_ids": ["kb-1"]},
+    ],
+)
+def test_attached_ids_are_string_literals_on_a_field_of_their_own(attached: Any) -> None:
+    with pytest.raises(TypeError):
+        tenant_filter("agent-1", (("user_id", "alice"),), **attached)
+
+
+def test_a_chunk_found_through_an_attached_id_has_no_owner_and_keeps_its_attached_id() -> None:
+    chunk = {"_id": "c1", KB: "kb-1", "content": "Porto sits on the Douro", "lexical": 2.0,
+             "embedding": [0.0, 1.0, 0.0]}  # fmt: skip
+    assert to_memory(chunk, "knowledge_base").memory_id == ""  # never a KeyError
+    assert attached_value(chunk, KB) == "kb-1"
+    assert attached_value(chunk, None) is None  # the group attached nothing
+    assert attached_value({**chunk, KB: ["kb-1"]}, KB) is None  # not a string: not admitted
+    [merged] = with_lexical([], [chunk], QUERY, "knowledge_base", "memory_id", KB)
+    assert (merged.memory.memory_id, merged.attached, merged.lexical_rank) == ("", "kb-1", 1)
+
+
+def memorizz_rows() -> list[dict[str, Any]]:
+    """Every combination of the fields memorizz's knowledge-base filter reads, each field
+    also missing (an ingested chunk has no memory_id; an agent-wide one no user_id)."""
+    rows = []
+    values = {"memory_id": ["agent-1", "agent-2", None], KB: ["kb-1", "kb-2", "kb-3", None],
+              "user_id": ["alice", "bob", None], "namespace": ["travel", "food", None]}  # fmt: skip
+    combos: list[dict[str, Any]] = [{}]
+    for name, options in values.items():
+        combos = [{**c, **({name: o} if o is not None else {})} for c in combos for o in options]
+    for i, combo in enumerate(combos):
+        rows.append({"_id": i, **combo})
+    return rows
+
+
+@pytest.mark.parametrize("ids", [[], ["kb-1"], ["kb-2", "kb-1"], ["kb-9"]])
+@pytest.mark.parametrize("namespace", [None, "travel"])
+def test_the_boundary_selects_what_memorizz_s_own_filter_selects(
+    ids: list[str], namespace: str | None
+) -> None:
+    provider = pytest.importorskip("memorizz.memory_provider.mongodb.provider")
+    rows = memorizz_rows()
+    kwargs: dict[str, Any] = {"memory_id": "agent-1", "knowledge_base_ids": ids}
+    scope: tuple[tuple[str, str], ...] = ()
+    if namespace is not None:
+        kwargs["namespace"], scope = namespace, (("namespace", namespace),)
+    theirs = provider.MongoDBProvider._knowledge_base_search_filter(kwargs)
+    ours = tenant_filter("agent-1", scope, attached_field=KB, attached_ids=ids)
+    selected = [r["_id"] for r in rows if matches(r, ours)]
+    assert selected == [r["_id"] for r in rows if matches(r, theirs)]
+    assert selected  # the oracle selects something in every case
+    # with user_id, memorizz also admits the agent-wide chunks (no user_id) of its
+    # knowledge base; recallq's filters are equalities, so it returns those without them
+    theirs = provider.MongoDBProvider._knowledge_base_search_filter({**kwargs, "user_id": "alice"})
+    ours = tenant_filter("agent-1", (*scope, ("user_id", "alice")), attached_field=KB,
+                         attached_ids=ids)  # fmt: skip
+    wider = [r["_id"] for r in rows if matches(r, theirs)]
+    assert [r["_id"] for r in rows if matches(r, ours)] == [
+        i for i in wider if rows[i].get("user_id") == "alice"
+    ]
+    assert len(wider) > len([r for r in rows if matches(r, ours)])

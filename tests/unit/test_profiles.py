@@ -68,18 +68,89 @@ def test_memorizz_rows_written_without_memory_id_are_owned_by_the_field_they_car
     owners = {t: profile.owner(t) for t in profile.memory_types}
     assert owners == {
         "conversation_memory": "memory_id", "entity_memory": "memory_id",
-        "long_term_memory": "memory_id", "knowledge_base": "knowledge_base_id",
+        "long_term_memory": "memory_id", "knowledge_base": "memory_id",
         "workflow_memory": "agent_id", "toolbox": "agent_id", "skillbox": "agent_id",
         "summaries": "user_id", "short_term_memory": "user_id",
     }  # fmt: skip
+    attached = {t: f for t in profile.memory_types if (f := profile.attached_field(t))}
+    assert attached == {"knowledge_base": "knowledge_base_id",
+                        "long_term_memory": "knowledge_base_id"}  # fmt: skip
+    # worker init indexes (and declares as filter fields) the attached field too
     assert profile.owner_fields("knowledge_base") == ["knowledge_base_id", "memory_id"]
+    assert profile.owner_fields("conversation_memory") == ["memory_id"]
     assert profile.check(["toolbox", "workflow_memory"], ["user_id"]) == "agent_id"
-    # long_term_memory and knowledge_base: one collection, two owners, two searches
-    groups, _ = build_groups(
+    # the agent's facts and its conversation: one owner, one request (issue 24)
+    assert profile.check(["knowledge_base", "conversation_memory"]) == "memory_id"
+    # long_term_memory and knowledge_base: one collection, one owner, one search
+    groups, slots = build_groups(
         [request("a", {"long_term_memory": 1}), request("b", {"knowledge_base": 1})],
         np.eye(2, 4, dtype=np.float32), 1, profile,
     )  # fmt: skip
-    assert sorted(g.owner_field for g in groups) == ["knowledge_base_id", "memory_id"]
+    assert [(g.collection, g.owner_field) for g in groups] == [("knowledge_base", "memory_id")]
+    assert slots == [[(0, "long_term_memory"), (1, "knowledge_base")]]
+
+
+def attaching(request_id: str, limits: dict[str, int], ids: list[str] | None,
+              memory_id: str = "m") -> RetrievalRequest:  # fmt: skip
+    return RetrievalRequest(request_id=request_id, query="q", memory_id=memory_id,
+                            limits=limits, knowledge_base_ids=ids)  # fmt: skip
+
+
+def test_attached_ids_widen_only_the_types_with_an_attached_field() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id,knowledge_base_id")
+    requests = [
+        attaching("a", {"knowledge_base": 2, "conversation_memory": 3}, ["kb-2", "kb-1", "kb-2"]),
+        attaching("b", {"long_term_memory": 1}, ["kb-1", "kb-2"]),  # the same ids: one search
+        attaching("c", {"knowledge_base": 1}, ["kb-1"]),  # other ids: a search of its own
+        attaching("d", {"knowledge_base": 1}, []),  # none attached: the owner's alone
+        attaching("e", {"knowledge_base": 1}, None),
+    ]
+    groups, slots = build_groups(requests, np.eye(5, 4, dtype=np.float32), 1, profile)
+    found = {(g.collection, g.attached_field, g.attached_ids): s
+             for g, s in zip(groups, slots, strict=True)}  # fmt: skip
+    assert found == {
+        ("knowledge_base", "knowledge_base_id", ("kb-1", "kb-2")): [
+            (0, "knowledge_base"), (1, "long_term_memory")],
+        ("conversation_memory", None, ()): [(0, "conversation_memory")],
+        ("knowledge_base", "knowledge_base_id", ("kb-1",)): [(2, "knowledge_base")],
+        ("knowledge_base", None, ()): [(3, "knowledge_base"), (4, "knowledge_base")],
+    }  # fmt: skip
+    assert {g.owner for g in groups} == {"m"}
+
+
+def test_attached_ids_need_a_type_that_takes_them_and_are_never_a_filter_too() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id,knowledge_base_id")
+    assert profile.check(["knowledge_base", "conversation_memory"], [], ["kb-1"]) == "memory_id"
+    assert profile.attached_field_of(["conversation_memory", "knowledge_base"]) == (
+        "knowledge_base_id"
+    )
+    assert profile.attached_field_of(["conversation_memory"]) is None
+    with pytest.raises(InvalidMessage, match=r"none of conversation_memory.*knowledge_base by"):
+        profile.check(["conversation_memory"], [], ["kb-1"])
+    with pytest.raises(InvalidMessage, match="'knowledge_base_id' is the attached field here"):
+        profile.check(["knowledge_base"], ["knowledge_base_id"], ["kb-1"])
+    profile.check(["knowledge_base"], ["knowledge_base_id"])  # a filter alone narrows
+    with pytest.raises(InvalidMessage, match="one request per owner"):  # owners still apply
+        profile.check(["knowledge_base", "toolbox"], [], ["kb-1"])
+    sqlite = WorkerSettings(store_url="sqlite:///x.db").profile()  # recallq: nothing attaches
+    with pytest.raises(InvalidMessage, match=r"none of long_term_memory.*recallq profile\): none"):
+        sqlite.check(["long_term_memory"], [], ["kb-1"])
+    sqlite.check(["long_term_memory"], [], [])  # an empty list attaches nothing
+
+
+def test_settings_name_attached_fields_and_an_entry_replaces_the_whole_mapping() -> None:
+    profile = load_profile("recallq", "notes=agent_notes:memory_id:notebook_id")
+    assert (profile.owner("notes"), profile.attached_field("notes")) == ("memory_id", "notebook_id")
+    assert profile.owner_fields("agent_notes") == ["memory_id", "notebook_id"]
+    memorizz = load_profile("memorizz", "knowledge_base=kb_chunks")
+    assert memorizz.attached_field("knowledge_base") is None  # replaced: nothing attached
+    assert memorizz.attached_field("long_term_memory") == "knowledge_base_id"
+    kept = load_profile("memorizz", "knowledge_base=kb_chunks::knowledge_base_id")
+    assert kept.owner("knowledge_base") == "memory_id"
+    assert kept.attached_field("knowledge_base") == "knowledge_base_id"
+    for bad in ("n=c:memory_id:memory_id", "n=c:a:$x", "n=c:a:b:c", "n=c::Kb"):
+        with pytest.raises(ConfigError, match="RECALLQ_MEMORY_TYPES"):
+            load_profile("recallq", bad)
 
 
 def test_one_request_names_one_owner_and_never_filters_on_it() -> None:

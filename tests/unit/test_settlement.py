@@ -27,7 +27,7 @@ from worker.batch import Batcher
 from worker.consume import Consumer
 from worker.delivery import Delivery, Envelope, QueueLane
 from worker.embedding.embedder import Embedder
-from worker.errors import StoreMismatch, StoreUnavailable
+from worker.errors import EmbeddingRefused, EmbeddingUnavailable, StoreMismatch, StoreUnavailable
 from worker.metrics import Metrics
 from worker.outcomes import Answered
 from worker.pipeline import Dependencies
@@ -45,6 +45,8 @@ ERRORS: list[Callable[[], Exception]] = [
     lambda: ConnectionError("reset by peer"),
     lambda: aiormq.exceptions.ChannelInvalidStateError("channel closed"),
     lambda: StoreUnavailable("store down"),
+    lambda: EmbeddingUnavailable("the provider gave no vectors in time"),
+    lambda: EmbeddingRefused("401: check RECALLQ_EMBED_API_KEY"),
     lambda: StoreMismatch("dimensions differ"),
     lambda: TimeoutError(),
 ]
@@ -187,9 +189,9 @@ async def test_every_delivery_is_settled_exactly_once_whatever_raises(
         tokens.next()
         return embedder.count_tokens(text)
 
-    async def embed(texts: Sequence[str]) -> np.ndarray:
+    async def embed(texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         embed_fail.next()
-        return await embedder.embed(texts)
+        return await embedder.embed(texts, deadline)
 
     consumer = Consumer(
         channels={}, topology=Topology("t"), batcher=batcher, count_tokens=count_tokens,

@@ -89,3 +89,42 @@ def test_other_owner_fields_are_granted_apart_from_memory_ids() -> None:
             policy.check("app-alice", memory_id, {"user_id": "alice"}, owner_field=owner)
     with pytest.raises(Forbidden, match="must filter 'user_id'"):
         policy.check("app-alice", "agent-1", None, owner_field="agent_id")
+
+
+def test_each_attached_id_is_checked_like_an_owner_of_its_field() -> None:
+    policy = TenantPolicy.model_validate(
+        {
+            "users": {
+                "agent-1": {
+                    "memory_ids": ["agent-1-memory"],
+                    "owners": {"knowledge_base_id": ["kb-travel-*"], "agent_id": ["kb-food"]},
+                },
+                "pinned": {
+                    "memory_ids": ["shared"],
+                    "owners": {"knowledge_base_id": ["*"]},
+                    "filters": {"knowledge_base_id": ["kb-1"]},
+                },
+            }
+        }
+    )
+    kb = "knowledge_base_id"
+    policy.check("agent-1", "agent-1-memory", attached_field=kb, attached_ids=["kb-travel-1"])
+    policy.check("agent-1", "agent-1-memory", attached_field=kb,
+                 attached_ids=["kb-travel-1", "kb-travel-2"])  # fmt: skip
+    refused = [
+        ["kb-food"],  # granted for another field only
+        ["kb-travel-1", "kb-food"],  # one id refused: the whole request
+        ["KB-TRAVEL-1"],  # case-sensitive
+        ["agent-1-memory"],  # the memory_id grant is not a knowledge-base grant
+    ]
+    for ids in refused:
+        with pytest.raises(Forbidden, match=r"may not read knowledge_base_id .*\(attached\)"):
+            policy.check("agent-1", "agent-1-memory", attached_field=kb, attached_ids=ids)
+    with pytest.raises(Forbidden, match="may not read memory_id"):  # the owner is checked too
+        policy.check("agent-1", "other-memory", attached_field=kb, attached_ids=["kb-travel-1"])
+    with pytest.raises(Forbidden, match="attached field"):
+        policy.check("agent-1", "agent-1-memory", attached_ids=["kb-travel-1"])
+    # an attached id never meets a pin on its field: the owner's rows are not narrowed
+    with pytest.raises(Forbidden, match="must filter 'knowledge_base_id'"):
+        policy.check("pinned", "shared", attached_field=kb, attached_ids=["kb-1"])
+    policy.check("pinned", "shared", {kb: "kb-1"})

@@ -16,19 +16,30 @@ request's `filters` with a value matching one of its globs:
                                     "filters": {"user_id": ["alice"]}}}}
 
 Where the store profile keeps a memory type under another owner field (memorizz's
-knowledge base by knowledge_base_id, its tools and workflows by agent_id, its
-summaries by user_id), a request's memory_id is checked against `owners`:
+tools and workflows by agent_id, its summaries by user_id), a request's memory_id is
+checked against `owners`:
 
     {"users": {"agent-1-runtime": {"memory_ids": ["shared"],
                                    "owners": {"agent_id": ["agent-1"]}}}}
 
 A pinned filter on the owner field itself is met by the owner value.
+
+A request's attached ids (`knowledge_base_ids`, searched beside the owner's rows in
+the types whose profile names an attached field) are owners too: each must match the
+globs `owners` gives that field, e.g. memorizz's knowledge bases by knowledge_base_id:
+
+    {"users": {"agent-1-runtime": {"memory_ids": ["agent-1-memory"],
+                                   "owners": {"knowledge_base_id": ["kb-travel-*"]}}}}
+
+One id that does not match refuses the whole request. Attached ids never meet a pin
+(the owner's own rows are not narrowed by them), so a user whose filters pin the
+attached field cannot attach.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -79,19 +90,34 @@ class TenantPolicy(BaseModel):
         memory_id: str,
         filters: Mapping[str, str] | None = None,
         owner_field: str = MEMORY_ID,
+        *,
+        attached_field: str | None = None,
+        attached_ids: Sequence[str] = (),
     ) -> None:
         """Raise Forbidden unless `user_id` may read the memories whose `owner_field` is
-        `memory_id`, within the scope its rules pin (case-sensitive globs)."""
+        `memory_id`, and those whose `attached_field` is any of `attached_ids`, within the
+        scope its rules pin (case-sensitive globs)."""
         if not user_id:
             raise Forbidden("the message has no user_id: the tenant policy needs an identity")
         rules = self.users.get(user_id)
-        if rules is None or not any(
-            fnmatchcase(memory_id, glob) for glob in rules.owner_globs(owner_field)
-        ):
+        if rules is None or not _matches(memory_id, rules.owner_globs(owner_field)):
             what = "memory_id" if owner_field == MEMORY_ID else f"{owner_field} (as memory_id)"
             raise Forbidden(f"user {user_id!r} may not read {what} {memory_id!r}")
+        if attached_ids:
+            if attached_field is None:  # the profile refuses this first
+                raise Forbidden("attached ids without an attached field")
+            globs = rules.owner_globs(attached_field)
+            for attached in attached_ids:
+                if not _matches(attached, globs):
+                    raise Forbidden(
+                        f"user {user_id!r} may not read {attached_field} {attached!r} (attached)"
+                    )
         scope = {**(filters or {}), owner_field: memory_id}
         for field, globs in rules.filters.items():
             value = scope.get(field)
-            if value is None or not any(fnmatchcase(value, glob) for glob in globs):
+            if value is None or not _matches(value, globs):
                 raise Forbidden(f"user {user_id!r} must filter {field!r} on its own scope")
+
+
+def _matches(value: str, globs: Sequence[str]) -> bool:
+    return any(fnmatchcase(value, glob) for glob in globs)

@@ -1,6 +1,8 @@
-"""Ingestion: embed memories with the worker's own model and upsert them.
+"""Ingestion: embed memories with the worker's own embedder and upsert them.
 
-Embedding with the same model as queries keeps the two vector spaces equal.
+Embedding with the same model as queries keeps the two vector spaces equal: the local
+model, or the same remote provider, model and size (its calls are cut to the
+provider's limits and retried for RECALLQ_EMBED_RETRY_S each).
 Bad lines are reported with their line numbers and skipped; they never stop a run.
 """
 
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from schemas.memory import FIELD_NAMES, MEMORY_FIELDS, Memory
 from schemas.messages import MemoryType
-from worker.embedding.embedder import Embedder
+from worker.embedding.base import TextEmbedder
 from worker.errors import describe_validation_error
 from worker.store.base import MemoryStore
 from worker.store.fields import epoch_seconds
@@ -111,7 +113,7 @@ def read_records(path: Path, report: IngestReport) -> Iterator[Memory]:
 async def ingest_file(
     path: Path,
     store: MemoryStore,
-    embedder: Embedder,
+    embedder: TextEmbedder,
     *,
     batch_size: int = 64,
     progress: bool = True,
@@ -134,7 +136,7 @@ async def ingest_file(
 
 
 async def _store_batch(
-    batch: list[Memory], store: MemoryStore, embedder: Embedder, report: IngestReport
+    batch: list[Memory], store: MemoryStore, embedder: TextEmbedder, report: IngestReport
 ) -> None:
     vectors = await embedder.embed([memory.content for memory in batch])
     await store.upsert(batch, vectors)

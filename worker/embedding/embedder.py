@@ -6,16 +6,13 @@ default is one single-threaded lane per core rather than one lane with a thread
 per core: batches run side by side, and when the broker or the event loop takes
 a core, one lane slows instead of every op in the model waiting for a stalled
 thread (measured here: see README, "embedder lanes"). On CUDA there is one lane.
-Identical texts in a batch are encoded once, and recent texts come from an LRU
-cache of their vectors (agents repeat queries: the same turn retried, the same
-question asked of several memory types or by several replicas of one agent).
+Identical texts in a batch are encoded once, and recent texts come from the LRU
+cache of their vectors (`worker.embedding.cache`), keyed by the model's description.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ from worker.embedding.backends import (
     resolved,
 )
 from worker.embedding.base import CacheStats
+from worker.embedding.cache import VectorCache
 from worker.threads import single_thread
 from worker.vectors import Vectors
 
@@ -61,12 +59,10 @@ class Embedder:
     def __init__(self, lanes: Sequence[ModelLane], cache_size: int = 10_000) -> None:
         self._lanes = list(lanes)
         self._free: asyncio.Queue[ModelLane] | None = None  # made on first use, on the loop
-        self._cache: OrderedDict[str, Vectors] = OrderedDict()
-        self._cache_lock = threading.Lock()  # lanes run on their own threads
-        self._cache_size = cache_size
-        self.cache_stats = CacheStats()
         first = self._lanes[0].encoder
         self.description = first.description + (f" x{len(lanes)}" if len(lanes) > 1 else "")
+        self._cache: VectorCache[tuple[str, str]] = VectorCache(cache_size)
+        self.cache_stats: CacheStats = self._cache.stats
         self.dimensions = first.dimensions
         self.max_tokens = first.max_tokens
         self.max_inputs: int | None = None  # a local model takes any batch
@@ -132,33 +128,12 @@ class Embedder:
     def _encode(self, encoder: Encoder, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        unique = dict.fromkeys(texts)
-        found = self._from_cache(unique)
-        missing = [text for text in unique if text not in found]
+        keys = {text: (self.description, text) for text in texts}  # distinct texts
+        cached = self._cache.lookup(keys.values())
+        found = {text: cached[key] for text, key in keys.items() if key in cached}
+        missing = [text for text in keys if text not in found]
         if missing:
             vectors = encoder.encode(missing)
-            for text, vector in zip(missing, vectors, strict=True):
-                found[text] = vector
-            self._remember(missing, vectors)
+            found.update(zip(missing, vectors, strict=True))
+            self._cache.remember([keys[text] for text in missing], vectors)
         return np.ascontiguousarray(np.stack([found[text] for text in texts]), dtype=np.float32)
-
-    def _from_cache(self, unique: dict[str, None]) -> dict[str, Vectors]:
-        found = {}
-        with self._cache_lock:
-            self.cache_stats.lookups += len(unique)
-            for text in unique:
-                vector = self._cache.get(text)
-                if vector is not None:
-                    self._cache.move_to_end(text)
-                    found[text] = vector
-            self.cache_stats.hits += len(found)
-        return found
-
-    def _remember(self, texts: list[str], vectors: Vectors) -> None:
-        if self._cache_size <= 0:
-            return
-        with self._cache_lock:
-            for text, vector in zip(texts, vectors, strict=True):
-                self._cache[text] = vector.copy()  # a row view would pin its whole batch
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)

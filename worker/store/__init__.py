@@ -65,5 +65,5 @@ def open_mongo(
         profile=settings.profile() if profile is None else profile,
         dimensions=dimensions,
         options=MongoOptions.from_settings(settings),
-        model=settings.embed_model or BUNDLED_MODEL,
+        model=settings.remote_label() or settings.embed_model or BUNDLED_MODEL,
     )

@@ -20,11 +20,15 @@ class Candidate:
     vector_rank: int | None = None  # 1-based place in the vector list; None: not in it
     lexical: float | None = None  # BM25 of query and memory, where the lexical side ran
     lexical_rank: int | None = None  # 1-based place in the lexical list; None: not in it
+    # The row's attached field (e.g. knowledge_base_id) where its group searched attached
+    # ids: what lets the search stage admit a row that is not the owner's own.
+    attached: str | None = None
 
 
 @dataclass(frozen=True)
 class SearchGroup:
-    """All queries of a batch that search the same (collection, owner, filters).
+    """All queries of a batch that search the same (collection, owner, attached ids,
+    filters).
 
     Grouping lets an exact store score the whole group with one matrix multiply.
     `ks[i]` is how many vector candidates query `vectors[i]` wants, `lexical_ks[i]` how
@@ -40,6 +44,10 @@ class SearchGroup:
     owner_field: str = "memory_id"
     queries: tuple[str, ...] = ()  # the query texts, where any query wants lexical candidates
     lexical_ks: tuple[int, ...] = ()  # lexical candidates wanted per query (none: no lexical)
+    # memorizz's attached knowledge bases: rows whose `attached_field` is one of these ids
+    # are searched too (owner OR attached, the scope on top); sorted, each once.
+    attached_field: str | None = None
+    attached_ids: tuple[str, ...] = ()
 
     def lexical_k(self, query: int) -> int:
         return self.lexical_ks[query] if self.lexical_ks else 0

@@ -64,17 +64,23 @@ def check_dimensions(matrix: Vectors, queries: Vectors) -> None:
         )
 
 
-def candidate(memory: Memory, found: Found) -> Candidate:
+def candidate(memory: Memory, found: Found, attached: str | None = None) -> Candidate:
     _, cosine, vector_rank, bm25, lexical_rank = found
-    return Candidate(memory, cosine, vector_rank, bm25, lexical_rank)
+    return Candidate(memory, cosine, vector_rank, bm25, lexical_rank, attached)
 
 
 def score_group(
-    memories: Sequence[Memory], matrix: Vectors, group: SearchGroup
+    memories: Sequence[Memory],
+    matrix: Vectors,
+    group: SearchGroup,
+    attached: Sequence[str | None] = (),
 ) -> list[list[Candidate]]:
-    """Candidates per query of a group whose memories' embeddings are `matrix`."""
+    """Candidates per query of a group whose memories' embeddings are `matrix` (and whose
+    attached-field values are `attached`, where the group searched attached ids). The
+    lexical index is built over all of them: with attached ids, BM25's statistics are
+    those of the owner's and the attached rows together, the union searched."""
     lexical = LexicalIndex.of(memories) if any(group.lexical_ks) else None
     return [
-        [candidate(memories[f[0]], f) for f in per_query]
+        [candidate(memories[f[0]], f, attached[f[0]] if attached else None) for f in per_query]
         for per_query in search_group(matrix, lexical, group)
     ]

@@ -27,6 +27,7 @@ from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vecto
 from worker.store.exact import score_group
 from worker.store.mongo_query import (
     TEXT_INDEX,
+    attached_value,
     cosine_from_vector_score,
     dimension_mismatch,
     embedding_matrix,
@@ -178,8 +179,9 @@ class MongoStore:
             await self._guarded(partial(collection.bulk_write, operations, ordered=False))
 
     async def ensure_indexes(self) -> None:
-        """B-tree (owner, timestamp) for each owner field of each collection; vector indexes
-        where the server has them."""
+        """B-tree (owner, timestamp) for each owner and attached field of each collection
+        (an attached search's $or uses one per side); vector indexes where the server has
+        them."""
         for name in self._collections:
             collection = self._db[name]
             for owner in self._profile.owner_fields(name):
@@ -218,9 +220,12 @@ class MongoStore:
 
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
         collection = self._db[group.collection]
-        owner = group.owner_field
-        query = tenant_filter(group.owner, group.filters, owner)
-        fields = projection(owner, embedding=True)
+        owner, attached_field = group.owner_field, group.attached_field
+        query = tenant_filter(
+            group.owner, group.filters, owner,
+            attached_field=attached_field, attached_ids=group.attached_ids,
+        )  # fmt: skip
+        fields = projection(owner, embedding=True, attached_field=attached_field)
         timeout_ms = self._options.query_timeout_ms
 
         async def fetch() -> list[dict[str, Any]]:
@@ -232,11 +237,12 @@ class MongoStore:
         if len(documents) < len(fetched):  # not embedded yet (memorizz back-fills them)
             self.on_skipped(group.collection, len(fetched) - len(documents))
         memories = [to_memory(d, group.collection, owner) for d in documents]
+        attached = [attached_value(d, attached_field) for d in documents]
         try:
             matrix = embedding_matrix(documents, self._dimensions)
         except ValueError:
             raise StoreMismatch(f"{group.collection}: embeddings of unequal length") from None
-        return score_group(memories, matrix, group)
+        return score_group(memories, matrix, group, attached)
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
         searches = [self._vector_query(group, row) for row in range(len(group.ks))]
@@ -248,8 +254,9 @@ class MongoStore:
             lexical = self._lexical_query(group, row)
             listed, found = await asyncio.gather(vector, lexical)
             return with_lexical(
-                listed, found, group.vectors[row], group.collection, group.owner_field
-            )
+                listed, found, group.vectors[row], group.collection, group.owner_field,
+                group.attached_field,
+            )  # fmt: skip
 
         return list(await asyncio.gather(*(one(row) for row in range(len(group.ks)))))
 
@@ -265,6 +272,8 @@ class MongoStore:
             group.lexical_k(row),
             scope=group.filters,
             owner_field=group.owner_field,
+            attached_field=group.attached_field,
+            attached_ids=group.attached_ids,
         )
         return await self._aggregate(group.collection, pipeline)
 
@@ -288,6 +297,8 @@ class MongoStore:
             exact=self._options.vector_exact,
             scope=group.filters,
             owner_field=group.owner_field,
+            attached_field=group.attached_field,
+            attached_ids=group.attached_ids,
         )
         found = await self._aggregate(group.collection, pipeline) if group.ks[row] else []
         return [
@@ -295,6 +306,7 @@ class MongoStore:
                 to_memory(d, group.collection, group.owner_field),
                 cosine_from_vector_score(d["score"]),
                 vector_rank=rank,
+                attached=attached_value(d, group.attached_field),
             )
             for rank, d in enumerate(found, start=1)
         ]

@@ -42,24 +42,43 @@ READ_FIELDS = tuple(
 
 
 def tenant_filter(
-    memory_id: str, scope: Sequence[tuple[str, str]] = (), owner_field: str = "memory_id"
+    memory_id: str,
+    scope: Sequence[tuple[str, str]] = (),
+    owner_field: str = "memory_id",
+    *,
+    attached_field: str | None = None,
+    attached_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The owner equality (`owner_field` = the request's memory_id) and the scope
     equalities; `$eq` makes every value a literal even if it were an operator document
     (validation already allows only strings). A field named twice is refused: a scope
-    value must never replace the owner's."""
+    value must never replace the owner's. With attached ids, the owner equality becomes
+    memorizz's knowledge-base boundary, `$or` of it and `attached_field $in ids` (its
+    _knowledge_base_search_filter), the scope still ANDed on top."""
     clauses = [(owner_field, memory_id), *scope]
-    for field, value in clauses:
+    attached = [(attached_field, i) for i in attached_ids] if attached_field is not None else []
+    if attached_ids and attached_field is None:
+        raise TypeError("attached ids need an attached field")
+    for field, value in [*clauses, *attached]:
         if not isinstance(value, str) or not field or field.startswith("$") or "." in field:
             raise TypeError(f"filter {field!r} must be a string equality on a plain field")
-    if len({field for field, _ in clauses}) < len(clauses):
-        raise TypeError(f"filter names {owner_field!r} twice")
-    return {field: {"$eq": value} for field, value in clauses}
+    named = [field for field, _ in clauses] + ([attached_field] if attached else [])
+    if len(set(named)) < len(named):
+        raise TypeError(f"filter names {owner_field!r} or {attached_field!r} twice")
+    found: dict[str, Any] = {field: {"$eq": value} for field, value in clauses}
+    if attached:
+        owner = {owner_field: found.pop(owner_field)}
+        ids = sorted({value for _, value in attached})
+        found = {"$or": [owner, {attached_field: {"$in": ids}}], **found}
+    return found
 
 
-def projection(owner_field: str, *, embedding: bool) -> dict[str, Any]:
-    """The fields a Memory is read from, the owner field among them."""
-    fields = (*READ_FIELDS, owner_field, *(("embedding",) if embedding else ()))
+def projection(
+    owner_field: str, *, embedding: bool, attached_field: str | None = None
+) -> dict[str, Any]:
+    """The fields a Memory is read from, the owner and attached fields among them."""
+    extra = (attached_field,) if attached_field else ()
+    fields = (*READ_FIELDS, owner_field, *extra, *(("embedding",) if embedding else ()))
     return {field: 1 for field in fields}
 
 
@@ -77,20 +96,26 @@ def vector_search_pipeline(
     exact: bool,
     scope: Sequence[tuple[str, str]] = (),
     owner_field: str = "memory_id",
+    attached_field: str | None = None,
+    attached_ids: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """$vectorSearch first, the tenant filter inside the stage, the embedding left out."""
+    """$vectorSearch first, the tenant filter inside the stage ($or and $in are allowed
+    there), the embedding left out."""
+    boundary = tenant_filter(
+        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids
+    )
     stage: dict[str, Any] = {
         "index": index,
         "path": "embedding",
         "queryVector": [float(x) for x in query],
-        "filter": tenant_filter(memory_id, scope, owner_field),
+        "filter": boundary,
         "limit": limit,
     }
     if exact:
         stage["exact"] = True
     else:
         stage["numCandidates"] = num_candidates(limit)
-    fields = projection(owner_field, embedding=False)
+    fields = projection(owner_field, embedding=False, attached_field=attached_field)
     fields["score"] = {"$meta": "vectorSearchScore"}
     return [{"$vectorSearch": stage}, {"$project": fields}]
 
@@ -127,21 +152,37 @@ def lexical_search_pipeline(
     *,
     scope: Sequence[tuple[str, str]] = (),
     owner_field: str = "memory_id",
+    attached_field: str | None = None,
+    attached_ids: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """$search first, BM25 over the text fields; the owner and the scope as `equals`
-    filters inside the stage (they do not score). The `text` operator takes the query as
-    words, never as query syntax (`queryString` would parse AND, quotes, fields)."""
-    clauses = tenant_filter(memory_id, scope, owner_field)  # the same checks as $vectorSearch
+    """$search first, BM25 over the text fields; the owner (or, with attached ids, a
+    compound `should` of the owner and `in` the ids) and the scope as filters inside the
+    stage (they do not score). The `text` operator takes the query as words, never as
+    query syntax (`queryString` would parse AND, quotes, fields)."""
+    clauses = tenant_filter(  # the same checks as $vectorSearch
+        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids
+    )
     search = {
         "index": index,
         "compound": {
             "must": [{"text": {"query": text, "path": list(TEXT_PATHS)}}],
-            "filter": [{"equals": {"path": f, "value": v["$eq"]}} for f, v in clauses.items()],
+            "filter": [_search_clause(f, v) for f, v in clauses.items()],
         },
     }
-    fields = projection(owner_field, embedding=True)  # the cosine of a lexical-only hit
-    fields["lexical"] = {"$meta": "searchScore"}
+    fields = projection(owner_field, embedding=True, attached_field=attached_field)
+    fields["lexical"] = {"$meta": "searchScore"}  # and the embedding: a lexical-only hit's cosine
     return [{"$search": search}, {"$limit": limit}, {"$project": fields}]
+
+
+def _search_clause(field: str, value: Any) -> dict[str, Any]:
+    """One clause of tenant_filter as an Atlas Search operator: `$eq` -> equals, `$in` ->
+    in, `$or` -> compound should (one must match)."""
+    if field == "$or":
+        should = [_search_clause(f, v) for part in value for f, v in part.items()]
+        return {"compound": {"should": should, "minimumShouldMatch": 1}}
+    if "$in" in value:
+        return {"in": {"path": field, "value": list(value["$in"])}}
+    return {"equals": {"path": field, "value": value["$eq"]}}
 
 
 def with_lexical(
@@ -150,6 +191,7 @@ def with_lexical(
     query: Vectors,
     collection: str,
     owner_field: str,
+    attached_field: str | None = None,
 ) -> list[Candidate]:
     """One query's candidates from its $vectorSearch list and its $search list (documents
     with `lexical`, the searchScore, and `embedding`): the vector list, each with its
@@ -173,7 +215,8 @@ def with_lexical(
         row = embedding_matrix([document], len(query))[0]
         cosine = float(row @ query)
         memory = to_memory(document, collection, owner_field)
-        merged.append(Candidate(memory, cosine, None, float(document["lexical"]), rank))
+        attached = attached_value(document, attached_field)
+        merged.append(Candidate(memory, cosine, None, float(document["lexical"]), rank, attached))
     return merged
 
 
@@ -241,12 +284,24 @@ READERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 
 
 def to_memory(document: dict[str, Any], collection: str, owner_field: str = "memory_id") -> Memory:
+    """The memory a document holds; its memory_id is its owner field's value, "" where it
+    has none (a knowledge-base chunk found through an attached id carries only its
+    knowledge_base_id: the candidate's `attached` holds that)."""
+    owner = document.get(owner_field)
     return Memory(
         id=str(document["_id"]),
-        memory_id=str(document[owner_field]),
+        memory_id="" if owner is None else str(owner),
         memory_type=collection,
         **{name: read(document) for name, read in READERS.items()},
     )
+
+
+def attached_value(document: Mapping[str, Any], attached_field: str | None) -> str | None:
+    """The document's attached field (None without one, or where no ids were attached)."""
+    if attached_field is None:
+        return None
+    value = document.get(attached_field)
+    return value if isinstance(value, str) else None
 
 
 def embedding_matrix(documents: list[dict[str, Any]], dimensions: int) -> Vectors:

@@ -11,6 +11,10 @@ vectors alone ~0.2 ms). Both reads of a search run in one read transaction, so
 the rowids and the rows come from the same snapshot. The cache is dropped when
 this store upserts, when `PRAGMA data_version` shows another process (an
 ingest) committed, and when the file at the path is replaced.
+
+Rows here carry a memory_id and no other owner or attached field (the embedded store
+serves the recallq profile, whose types have none): a group's attached ids, should a
+custom profile give it any, select no row, and its search is the owner's alone.
 """
 
 from __future__ import annotations
