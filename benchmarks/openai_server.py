@@ -127,9 +127,13 @@ class EmbeddingServer:
         calls_per_minute: float = 0.0,
         max_inputs: int = 2048,
         seed: int = 0,
+        dimensions: Literal["honour", "ignore", "refuse"] = "honour",
     ) -> None:
         """`api_key`: the key a call must carry (None: any); `models`: the models served
-        (None: any name); `calls_per_minute`: 0 = no limit."""
+        (None: any name); `calls_per_minute`: 0 = no limit; `dimensions`: what it does
+        with the request's `dimensions`: honour it (OpenAI's text-embedding-3), ignore it
+        (full vectors) or refuse it with 400 (servers whose model cannot shorten)."""
+        self.dimensions = dimensions
         self.encode = encode
         self.api_key = api_key
         self.models = set(models) if models is not None else None
@@ -357,7 +361,9 @@ class EmbeddingServer:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         vectors = np.asarray(self.encode(list(texts)), dtype=np.float32)
         dimensions = body.get("dimensions")
-        if dimensions is not None:
+        if dimensions is not None and self.dimensions == "refuse":
+            return _error(400, "This model does not take the 'dimensions' parameter.")
+        if dimensions is not None and self.dimensions == "honour":
             if not isinstance(dimensions, int) or not 1 <= dimensions <= vectors.shape[1]:
                 return _error(400, f"This model does not support {dimensions} dimensions.")
             vectors = vectors[:, :dimensions]

@@ -1,17 +1,21 @@
 """A memorizz database as memorizz itself writes it (memorizz 0.17.16, its public API,
-HuggingFace embeddings from the bundled model, a canned stand-in for the LLM, no
-network), served by a worker with RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy
-oracle over the stored embeddings under the same owner and scope filters, for every
-collection the memorizz profile maps; the knowledge base as memorizz searches it, the
-agent's own facts with its attached knowledge bases (memorizz's own filter, evaluated
-by hand over every stored row, is the oracle's)."""
+a canned stand-in for the LLM, no network), served by a worker with
+RECALLQ_STORE_PROFILE=memorizz: hits equal a numpy oracle over the stored embeddings
+under the same owner and scope filters, for every collection the memorizz profile maps.
+
+Twice: memorizz embedding with its HuggingFace provider (the bundled model) and a
+worker running the same model; and memorizz embedding with its OpenAI provider at an
+OpenAI-compatible server (the bundled model behind the embeddings API, 256 of its
+dimensions, a server that refuses `dimensions` so memorizz cuts the vectors itself)
+and a worker with RECALLQ_EMBED_PROVIDER=openai at the same server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
+from benchmarks.openai_server import EmbeddingServer, local_model_encoder
 from producer.client import RetrievalClient
 from schemas.messages import MemoryHit, RankWeights, RetrievalResponse
 from tests.integration.conftest import mongo_settings, running_worker
@@ -28,7 +33,9 @@ from tests.mql import matches
 from tests.oracle import bm25, documents
 from worker.access.profiles import load_profile
 from worker.embedding.backends import bundled_model_path
+from worker.embedding.base import TextEmbedder
 from worker.embedding.embedder import Embedder
+from worker.embedding.remote import RemoteEmbedder, RemoteSpec
 from worker.settings import WorkerSettings
 from worker.store import open_mongo
 from worker.store.mongo import MongoStore
@@ -105,16 +112,60 @@ def convert_currency(amount: float, currency: str) -> float:
     return amount
 
 
+SHORTENED = 256  # the dimensions memorizz and the worker ask the OpenAI-compatible server for
+
+
+@dataclass(frozen=True)
+class Served:
+    """How memorizz embeds (its embedding manager), the worker's embedder, and the
+    oracle's query vector, computed without the worker's embedder."""
+
+    name: str
+    manager: Any
+    embedder: TextEmbedder
+    query: Callable[[str], Awaitable[np.ndarray]]
+
+
+@pytest.fixture(scope="module", params=["huggingface", "openai"])
+async def served(request: pytest.FixtureRequest, embedder: Embedder) -> AsyncIterator[Served]:
+    if request.param == "huggingface":
+        manager = configure_embeddings(
+            "huggingface", {"model": bundled_model_path(), "local_files_only": True}
+        )
+        yield Served("huggingface", manager, embedder, local_query(embedder, 0))
+        return
+    with EmbeddingServer(local_model_encoder(), dimensions="refuse") as server:
+        manager = configure_embeddings("openai", {"model": "all-minilm-l6-v2",
+            "base_url": server.base_url, "dimensions": SHORTENED})  # fmt: skip
+        spec = RemoteSpec(provider="openai", model="all-minilm-l6-v2", base_url=server.base_url,
+                          dimensions=SHORTENED, connect_wait_s=5.0)  # fmt: skip
+        remote = await RemoteEmbedder.connect(spec)
+        try:
+            yield Served("openai", manager, remote, local_query(embedder, SHORTENED))
+        finally:
+            await remote.aclose()
+
+
+def local_query(embedder: Embedder, dimensions: int) -> Callable[[str], Awaitable[np.ndarray]]:
+    """The bundled model's vector of a query, cut to `dimensions` and unit length again
+    (as memorizz cuts a server's vectors): the oracle's, from the local model only."""
+
+    async def query(text: str) -> np.ndarray:
+        vector: np.ndarray = (await embedder.embed([text]))[0].astype(np.float64)
+        if dimensions:
+            vector = vector[:dimensions] / np.linalg.norm(vector[:dimensions])
+        return vector
+
+    return query
+
+
 @pytest.fixture(scope="module")
-def memorizz_db(secantus: RestartableSecantus) -> Iterator[str]:
+def memorizz_db(secantus: RestartableSecantus, served: Served) -> Iterator[str]:
     """Two users' turns, entities, summaries and scratch notes under one memory_id, their
     knowledge bases, two agents' tools and workflows: all written by memorizz."""
     database = f"memorizz_{uuid.uuid4().hex[:8]}"
-    manager = configure_embeddings(
-        "huggingface", {"model": bundled_model_path(), "local_files_only": True}
-    )
     config = MongoDBConfig(secantus.uri, db_name=database, lazy_vector_indexes=True,
-                           embedding_provider=manager)  # fmt: skip
+                           embedding_provider=served.manager)  # fmt: skip
     provider = MongoDBProvider(config)
     now = datetime.now(UTC)
     for user, texts in TURNS.items():
@@ -201,13 +252,13 @@ def assert_oracle_hits(hits: list[MemoryHit], expected: list[tuple[str, float]])
 
 @pytest.fixture
 async def memorizz_store(
-    settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, embedder: Embedder
+    settings: WorkerSettings, secantus: RestartableSecantus, memorizz_db: str, served: Served
 ) -> AsyncIterator[tuple[WorkerSettings, MongoStore]]:
     """A memorizz-profile store on memorizz's database, on this test's queues."""
     mongo = mongo_settings(secantus.uri, store_profile="memorizz")
     mongo = mongo.model_copy(update={"mongo_database": memorizz_db,
         "amqp_url": settings.amqp_url, "queue_prefix": settings.queue_prefix})  # fmt: skip
-    store = open_mongo(mongo, embedder.dimensions)
+    store = open_mongo(mongo, served.embedder.dimensions)
     await store.connect()
     yield mongo, store
     await store.close()
@@ -217,14 +268,14 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
     settings: WorkerSettings,
     secantus: RestartableSecantus,
     memorizz_db: str,
-    embedder: Embedder,
+    served: Served,
     memorizz_store: tuple[WorkerSettings, MongoStore],
 ) -> None:
     mongo, store = memorizz_store
     question = "where does my family live, and which seat do I like?"
     limits = {"conversation_memory": 2, "entity_memory": 1}
     async with (
-        running_worker(mongo, embedder, store),
+        running_worker(mongo, served.embedder, store),
         RetrievalClient(settings, timeout=30) as client,
     ):
         replies = {
@@ -238,7 +289,7 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
             )
             for user in TURNS
         }
-    query = (await embedder.embed([question]))[0]
+    query = await served.query(question)
     for user, reply in replies.items():
         assert reply.status == "ok", reply.error
         for collection, k in limits.items():
@@ -265,14 +316,14 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
     settings: WorkerSettings,
     secantus: RestartableSecantus,
     memorizz_db: str,
-    embedder: Embedder,
+    served: Served,
     memorizz_store: tuple[WorkerSettings, MongoStore],
 ) -> None:
     mongo, store = memorizz_store
     question = "what do I know about the river, the bridge and my trip?"
     asks = [*OWNED_ELSEWHERE, ("shared", {"long_term_memory": 1}, "memory_id")]
     async with (
-        running_worker(mongo, embedder, store),
+        running_worker(mongo, served.embedder, store),
         RetrievalClient(settings, timeout=30) as client,
     ):
         replies = [await client.retrieve(question, owner, limits, weights=RELEVANCE_ONLY,
@@ -280,7 +331,7 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
                    for owner, limits, _ in asks]  # fmt: skip
         mixed = await client.retrieve(question, "shared", {"conversation_memory": 1,
                                                            "summaries": 1})  # fmt: skip
-    query, profile = (await embedder.embed([question]))[0], load_profile("memorizz")
+    query, profile = (await served.query(question)), load_profile("memorizz")
     for (owner, limits, field), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
         for memory_type, k in limits.items():
@@ -325,7 +376,7 @@ async def test_the_knowledge_base_is_searched_as_memorizz_searches_it(
     settings: WorkerSettings,
     secantus: RestartableSecantus,
     memorizz_db: str,
-    embedder: Embedder,
+    served: Served,
     memorizz_store: tuple[WorkerSettings, MongoStore],
 ) -> None:
     mongo, store = memorizz_store
@@ -341,7 +392,7 @@ async def test_the_knowledge_base_is_searched_as_memorizz_searches_it(
         ({"knowledge_base": 4}, [bob], {"user_id": "alice"}),  # bob's chunks: bob's only
     ]
     async with (
-        running_worker(mongo, embedder, store),
+        running_worker(mongo, served.embedder, store),
         RetrievalClient(settings, timeout=30) as client,
     ):
         replies = await asyncio.gather(*(
@@ -354,7 +405,7 @@ async def test_the_knowledge_base_is_searched_as_memorizz_searches_it(
                                         knowledge_base_ids=[alice, bob])  # fmt: skip
         unattachable = await client.retrieve(question, "shared", {"conversation_memory": 2},
                                              knowledge_base_ids=[alice])  # fmt: skip
-    query = (await embedder.embed([question]))[0]
+    query = await served.query(question)
     for (limits, ids, filters), reply in zip(asks, replies, strict=True):
         assert reply.status == "ok", reply.error
         for memory_type, k in limits.items():
@@ -403,7 +454,7 @@ def assert_lexical_is_bm25_over_the_union(
 async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
     settings: WorkerSettings,
     memorizz_db: str,
-    embedder: Embedder,
+    served: Served,
     memorizz_store: tuple[WorkerSettings, MongoStore],
     tmp_path: Path,
 ) -> None:
@@ -414,7 +465,7 @@ async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
     mongo = mongo.model_copy(update={"tenant_policy": str(policy)})
     limits = {"knowledge_base": 3}
     async with (
-        running_worker(mongo, embedder, store),
+        running_worker(mongo, served.embedder, store),
         RetrievalClient(settings, timeout=30) as client,
     ):
         allowed, refused = [

@@ -340,9 +340,23 @@ async def test_a_worker_on_a_store_of_another_size_exits_2_naming_both_sizes(
         await client.close()
     assert status == 2, err[-2000:]
     [line] = people_lines(err)
-    assert line.startswith("python -m worker run: stored embeddings do not fit the model")
+    assert line.startswith("python -m worker run: stored embeddings do not fit the embedder")
     assert "384 dimensions" in line and "makes 256" in line
     assert f"openai {MODEL} at {provider.base_url}" in line
+    assert KEY not in out + err and "Traceback" not in err
+
+
+async def test_a_worker_on_an_embedded_store_of_another_size_exits_2_naming_both_sizes(
+    demo_store: SQLiteStore, provider: EmbeddingServer
+) -> None:
+    """The same guard on the embedded store (384-dimension demo memories, 256 asked)."""
+    env = cli_env(provider, RECALLQ_STORE_URL=f"sqlite:///{demo_store.path}",
+                  RECALLQ_EMBED_DIMENSIONS="256")  # fmt: skip
+    status, out, err = await worker_command("run", env=env)
+    assert status == 2, err[-2000:]
+    [line] = people_lines(err)
+    assert "stored embeddings do not fit the embedder: memories: 384 dimensions" in line
+    assert "makes 256" in line and f"openai {MODEL} at {provider.base_url}" in line
     assert KEY not in out + err and "Traceback" not in err
 
 

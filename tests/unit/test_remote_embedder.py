@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -434,7 +434,7 @@ async def test_start_refuses_a_provider_whose_size_differs_from_the_setting(
     with pytest.raises(ConfigError) as refused:
         await RemoteEmbedder.connect(spec_for(server, dimensions=16))
     message = str(refused.value)
-    assert "15-dimension" in message and "not the 16" in message
+    assert "15 dimensions where 16 was expected" in message
     assert "RECALLQ_EMBED_DIMENSIONS" in message and "'small'" in message and "openai" in message
 
 
@@ -510,3 +510,24 @@ async def test_start_refuses_a_url_httpx_cannot_call_in_one_line() -> None:
     with pytest.raises(ConfigError, match="RECALLQ_EMBED_BASE_URL") as refused:
         await RemoteEmbedder.connect(spec)
     assert "Invalid port" in str(refused.value)
+
+
+@pytest.mark.parametrize("behaviour", ["ignore", "refuse"])
+async def test_a_server_that_cannot_shorten_gives_the_vectors_memorizz_stored(
+    behaviour: Literal["ignore", "refuse"],
+) -> None:
+    """memorizz, asked for 16 dimensions of a server that ignores `dimensions` or refuses
+    it (400), asks without it and cuts the full vectors to 16, unit length: the stored
+    vectors. recallq's query vectors must be those, or nothing it returns is right."""
+    with EmbeddingServer(encode, dimensions=behaviour) as server:
+        embedder = await RemoteEmbedder.connect(spec_for(server, api_key="", dimensions=16))
+        try:
+            texts = ["tea with lemon", "the night train to Porto"]
+            vectors = await embedder.embed(texts)
+            assert embedder.dimensions == 16
+            np.testing.assert_allclose(vectors, oracle(texts, 16), atol=1e-6)
+            later = [call.body.get("dimensions") for call in server.calls[-1:]]
+            assert later == ([16] if behaviour == "ignore" else [None])
+            assert embedder.usable
+        finally:
+            await embedder.aclose()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from schemas.messages import MemoryType
-from worker.errors import StoreMismatch, StoreUnavailable
+from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
 from worker.store.base import Memory, SearchGroup
 from worker.store.sqlite import SQLiteStore
 from worker.store.sqlite_file import APPLICATION_ID, SCHEMA_VERSION, what_is_at
@@ -94,6 +94,26 @@ async def test_dimension_mismatch_is_a_clear_store_error(store: SQLiteStore) -> 
     wrong = np.ones((1, DIMS * 2), dtype=np.float32)
     with pytest.raises(StoreMismatch, match="re-ingest"):
         await store.search([SearchGroup(MemoryType.LONG_TERM, "dan", wrong, (1,))])
+
+
+async def test_a_worker_refuses_to_start_on_embeddings_of_another_size(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """The start-time guard: a provider giving 256 dimensions over a store of 8 stops the
+    worker with one line naming both sizes and the provider; the right size starts."""
+    await store.upsert(memories("dan", LONG, 3), vectors(np.random.default_rng(3), 3))
+    await store.close()
+    model = "openai text-embedding-3-small (256 dims) at https://api.openai.com/v1"
+    wrong = SQLiteStore(tmp_path / "memories.db", dimensions=256, model=model)
+    with pytest.raises(ConfigError) as refused:
+        await wrong.connect()
+    await wrong.close()
+    line = str(refused.value)
+    assert "memories: 8 dimensions" in line and f"{model} makes 256" in line
+    assert "\n" not in line and "RECALLQ_EMBED_DIMENSIONS" in line
+    right = SQLiteStore(tmp_path / "memories.db", dimensions=DIMS, model="local")
+    await right.connect()
+    await right.close()
 
 
 async def test_group_lookup_uses_the_owner_index(store: SQLiteStore) -> None:

@@ -95,9 +95,12 @@ def headers(spec: RemoteSpec) -> dict[str, str]:
     return found
 
 
-def request_body(spec: RemoteSpec, texts: list[str]) -> dict[str, Any]:
+def request_body(
+    spec: RemoteSpec, texts: list[str], *, send_dimensions: bool = True
+) -> dict[str, Any]:
+    """The call's JSON; `dimensions` only when set and the server takes it."""
     body: dict[str, Any] = {"input": texts, "model": spec.model, "encoding_format": spec.encoding}
-    if spec.dimensions:
+    if spec.dimensions and send_dimensions:
         body["dimensions"] = spec.dimensions
     return body
 
@@ -112,7 +115,12 @@ def truncated(text: str, max_tokens: int) -> str:
 
 def parse_answer(body: bytes, count: int, dimensions: int | None) -> Answer:
     """The vectors of an answer to `count` inputs, checked against `dimensions` (None:
-    learn it). Malformed for an answer that is not one, WrongShape for wrong sizes."""
+    learn it). Malformed for an answer that is not one, WrongShape for wrong sizes.
+
+    Longer vectors than `dimensions` are cut to it and made unit length again: what
+    OpenAI's text-embedding-3 does when asked for fewer dimensions, and what memorizz
+    does to the vectors of a server that ignores `dimensions` (Ollama, vLLM), so the
+    query vectors match the stored ones."""
     try:
         document = json.loads(body)
         items = sorted(document["data"], key=lambda item: int(item["index"]))
@@ -122,6 +130,9 @@ def parse_answer(body: bytes, count: int, dimensions: int | None) -> Answer:
     if len(rows) != count:
         raise WrongShape(f"{len(rows)} vectors for {count} inputs")
     sizes = {len(row) for row in rows}
+    if dimensions and min(sizes, default=0) > dimensions:
+        rows = [row[:dimensions] for row in rows]
+        sizes = {dimensions}
     expected = dimensions or (sizes.pop() if len(sizes) == 1 else None)
     if expected is None or any(len(row) != expected for row in rows):
         raise WrongShape(
@@ -222,7 +233,7 @@ def refusal(spec: RemoteSpec, status: int, message: str) -> str:
 
 def shape_refusal(spec: RemoteSpec, problem: str) -> str:
     """One line for an answer of the wrong shape."""
-    where = f"the embedding provider at {spec.where} (model {spec.model!r})"
+    where = f"the embedding provider {spec.provider} at {spec.where} (model {spec.model!r})"
     if "inputs" in problem:
         return (
             f"{where} answered {problem}: check RECALLQ_EMBED_MAX_INPUTS (its limit on "

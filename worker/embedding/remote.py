@@ -77,7 +77,7 @@ class _Unobserved:
 class _Failure:
     """A call that may succeed if tried again."""
 
-    reason: str  # the metric label: 429, 5xx, timeout, connection, invalid
+    reason: str  # the metric label: 429, 5xx, timeout, connection, invalid, dimensions
     what: str  # for messages: what the provider did
     retry_after: float | None = None
 
@@ -113,6 +113,7 @@ class RemoteEmbedder:
         )
         self._url = api.endpoint(spec)
         self._refused: str | None = None  # why the provider refuses the configuration
+        self._send_dimensions = True  # False once the server refused `dimensions` (400)
 
     @classmethod
     async def connect(
@@ -221,16 +222,8 @@ class RemoteEmbedder:
                 f"{wait:g} s ({exc.last}): check RECALLQ_EMBED_BASE_URL and that the provider "
                 "is up (RECALLQ_CONNECT_WAIT_S sets the wait)"
             ) from None
-        got = vectors.shape[1]
-        if self.spec.dimensions and got != self.spec.dimensions:
-            raise ConfigError(
-                f"the embedding provider {self.spec.provider} at {self.spec.where} gives "
-                f"{got}-dimension vectors for model {self.spec.model!r}, not the "
-                f"{self.spec.dimensions} RECALLQ_EMBED_DIMENSIONS asks for: set "
-                f"RECALLQ_EMBED_DIMENSIONS to {got} (or 0), or choose a model that shortens "
-                "its vectors"
-            )
-        self.dimensions = got
+        # parse_answer held the vectors to RECALLQ_EMBED_DIMENSIONS, when set
+        self.dimensions = vectors.shape[1]
         self.description = self._describe()
 
     def _describe(self) -> str:
@@ -274,6 +267,8 @@ class RemoteEmbedder:
             self._limiter.succeeded()
             self._accepted()
             return 0.0
+        if result.reason == "dimensions":  # asked again at once, without them
+            return 0.0
         if result.reason == "429":
             wait, halved = self._limiter.rate_limited(epoch, result.retry_after)
             if halved:
@@ -284,13 +279,16 @@ class RemoteEmbedder:
     async def _attempt(self, texts: list[str], give_up: float) -> Answer | _Failure:
         """One HTTP call; raises EmbeddingRefused when the provider refuses it."""
         timeout = max(min(self.spec.timeout_s, give_up - time.monotonic()), 0.001)
-        body = json.dumps(api.request_body(self.spec, texts)).encode()
+        body = api.request_body(self.spec, texts, send_dimensions=self._send_dimensions)
         started = time.monotonic()
         status, tokens = "ok", None
         try:
             async with asyncio.timeout(timeout):
                 response = await self._client.post(
-                    self._url, content=body, headers=api.headers(self.spec), timeout=timeout
+                    self._url,
+                    content=json.dumps(body).encode(),
+                    headers=api.headers(self.spec),
+                    timeout=timeout,
                 )
             result = self._answer(response, len(texts))
             status = "ok" if isinstance(result, Answer) else result.reason
@@ -322,15 +320,28 @@ class RemoteEmbedder:
             return _Failure("429", f"HTTP 429 (rate limited{said})", after)
         if code >= 500 or code == 408:
             return _Failure("5xx", f"HTTP {code}")
+        if code in (400, 422) and self.spec.dimensions and self._send_dimensions:
+            return self._without_dimensions(code)
         if not 200 <= code < 300:
             message = api.provider_message(response.content, self.spec.api_key)
             raise self._refuse(api.refusal(self.spec, code, message))
         try:
-            return api.parse_answer(response.content, count, self.dimensions or None)
+            asked = self.dimensions or self.spec.dimensions or None
+            return api.parse_answer(response.content, count, asked)
         except api.Malformed as exc:
             return _Failure("invalid", f"an embeddings answer {exc}")
         except api.WrongShape as exc:
             raise self._refuse(api.shape_refusal(self.spec, str(exc))) from None
+
+    def _without_dimensions(self, code: int) -> _Failure:
+        """As memorizz does: a server that does not take `dimensions` is asked again at
+        once without it, and its vectors are cut here (parse_answer) to the size memorizz
+        stored. Should the 400 be for something else, the next answer refuses."""
+        self._send_dimensions = False
+        dimensions = self.spec.dimensions
+        log.warning("the embedding provider refused `dimensions`; cutting its vectors",
+                    url=self.spec.where, dimensions=dimensions)  # fmt: skip
+        return _Failure("dimensions", f"HTTP {code} with dimensions={dimensions}", 0.0)
 
     def _refuse(self, message: str) -> EmbeddingRefused:
         """The refusal to raise; logged when the provider turns from accepting to refusing

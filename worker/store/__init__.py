@@ -43,13 +43,24 @@ def open_store(
     `profile`: the settings' store profile where the caller has built it already."""
     if (path := sqlite_path(settings.store_url)) is not None:  # settings checked the URL
         cache_bytes = int(settings.sqlite_cache_mb * 2**20)
-        return SQLiteStore(Path(path), writable=writable, cache_bytes=cache_bytes)
+        return SQLiteStore(
+            Path(path),
+            writable=writable,
+            cache_bytes=cache_bytes,
+            dimensions=dimensions,
+            model=model_label(settings),
+        )
     scheme = urlparse(settings.store_url).scheme
     if scheme in ("mongodb", "mongodb+srv"):
         return open_mongo(settings, dimensions, profile=profile)
     raise ConfigError(
         f"unsupported store URL scheme {scheme!r}: use sqlite:///PATH or mongodb://..."
     )
+
+
+def model_label(settings: WorkerSettings) -> str:
+    """How store errors name the embedder: provider and model, or the local model."""
+    return settings.remote_label() or settings.embed_model or BUNDLED_MODEL
 
 
 def open_mongo(
@@ -65,5 +76,5 @@ def open_mongo(
         profile=settings.profile() if profile is None else profile,
         dimensions=dimensions,
         options=MongoOptions.from_settings(settings),
-        model=settings.remote_label() or settings.embed_model or BUNDLED_MODEL,
+        model=model_label(settings),
     )

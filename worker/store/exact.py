@@ -56,6 +56,19 @@ def search_group(
     return found
 
 
+def dimension_mismatch(found: dict[str, list[int]], dimensions: int, model: str) -> str:
+    """One line for stored embeddings of another size than the embedder's, saying how to
+    serve them: with the model (or provider) that embedded them."""
+    where = ", ".join(f"{name}: {'/'.join(map(str, sizes))}" for name, sizes in found.items())
+    return (
+        f"stored embeddings do not fit the embedder: {where} dimensions, but {model} makes "
+        f"{dimensions}. Serve this data with the model that embedded it: RECALLQ_EMBED_MODEL "
+        "for a local model; memorizz's default, OpenAI text-embedding-3-small at 256, is "
+        "RECALLQ_EMBED_PROVIDER=openai, RECALLQ_EMBED_MODEL=text-embedding-3-small, "
+        "RECALLQ_EMBED_DIMENSIONS=256 (README, Embedding providers)"
+    )
+
+
 def check_dimensions(matrix: Vectors, queries: Vectors) -> None:
     if matrix.shape[0] and matrix.shape[1] != queries.shape[1]:
         raise StoreMismatch(

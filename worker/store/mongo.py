@@ -24,12 +24,11 @@ from pymongo.operations import SearchIndexModel
 from worker.access.profiles import MEMORY_ID, Profile
 from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
 from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
-from worker.store.exact import score_group
+from worker.store.exact import dimension_mismatch, score_group
 from worker.store.mongo_query import (
     TEXT_INDEX,
     attached_value,
     cosine_from_vector_score,
-    dimension_mismatch,
     embedding_matrix,
     index_dimensions,
     lexical_search_pipeline,

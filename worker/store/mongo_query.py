@@ -230,16 +230,6 @@ def index_dimensions(index: Mapping[str, Any]) -> int | None:
     return None
 
 
-def dimension_mismatch(found: dict[str, list[int]], dimensions: int, model: str) -> str:
-    where = ", ".join(f"{name}: {'/'.join(map(str, sizes))}" for name, sizes in found.items())
-    return (
-        f"stored embeddings do not fit the model: {where} dimensions, but {model} makes "
-        f"{dimensions}. Serve this data with the model that embedded it (RECALLQ_EMBED_MODEL); "
-        "memorizz's default, OpenAI text-embedding-3-small at 256 dimensions, is not a "
-        "local model, so such a database needs re-embedding with a local one"
-    )
-
-
 def cosine_from_vector_score(score: float) -> float:
     """Atlas reports cosine similarity as (1 + cos) / 2."""
     return 2.0 * score - 1.0

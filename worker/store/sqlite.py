@@ -32,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from worker.errors import StoreUnavailable
+from worker.errors import ConfigError, StoreUnavailable
 from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
-from worker.store.exact import Found, candidate, search_group
+from worker.store.exact import Found, candidate, dimension_mismatch, search_group
 from worker.store.group_cache import GroupCache, GroupCacheStats
 from worker.store.lexical import LexicalIndex
 from worker.store.sqlite_file import (
@@ -62,6 +62,7 @@ TEXT_QUERY = (
     "WHERE memory_type = ? AND memory_id = ?"
 )
 ROWS_QUERY = "SELECT rowid, " + ", ".join(MEMORY_COLUMNS) + " FROM memories WHERE rowid IN ({})"
+SIZES_QUERY = "SELECT DISTINCT length(embedding) FROM (SELECT embedding FROM memories LIMIT 1000)"
 ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
 JSON_INDEXES = tuple(MEMORY_COLUMNS.index(name) for name in JSON_COLUMNS)
 
@@ -82,8 +83,14 @@ class SQLiteStore:
         writable: bool = False,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         busy_timeout_s: float = 5.0,
+        dimensions: int = 0,
+        model: str = "",
     ) -> None:
+        """`dimensions` and `model`: the embedder's, checked against the stored embeddings
+        when the worker starts (0: not checked)."""
         self.path = path
+        self._dimensions = dimensions
+        self._model = model
         self.writable = writable
         self._busy_timeout_s = busy_timeout_s
         self._executor = single_thread("recallq-sqlite")
@@ -98,7 +105,12 @@ class SQLiteStore:
         self._closed = False
 
     async def connect(self) -> None:
-        await self._run(self._current_connection)
+        """Open the file; ConfigError in one line when its embeddings are not the
+        embedder's size (a sample: ingest writes one model's vectors)."""
+        sizes = await self._run(self._embedding_sizes)
+        if self._dimensions and sizes - {self._dimensions}:
+            found = {"memories": sorted(sizes)}
+            raise ConfigError(dimension_mismatch(found, self._dimensions, self._model))
 
     async def check(self) -> None:
         """Is the file at the path still the store (or a store again)? Cheap: one stat,
@@ -172,6 +184,11 @@ class SQLiteStore:
             opener = open_for_writing if self.writable else open_for_reading
             self._conn, self._identity = opener(self.path, self._busy_timeout_s)
         return self._conn
+
+    def _embedding_sizes(self) -> set[int]:
+        conn = self._current_connection()
+        rows = conn.execute(SIZES_QUERY).fetchall()
+        return {size // 4 for (size,) in rows}  # float32
 
     def _replaced(self) -> bool:
         try:
