@@ -249,9 +249,10 @@ class WorkerSettings(BrokerSettings):
     )
     memory_types: str = Field(
         default="",
-        description="Extra or replaced mappings over the profile's: `type=collection` or "
+        description="Extra or replaced mappings over the profile's: `type=collection`, "
         "`type=collection:owner_field` (the field that must equal the request's memory_id; "
-        "default memory_id), comma-separated.",
+        "default memory_id) or `type=collection:owner_field:attached_field` (the field "
+        "`knowledge_base_ids` matches), comma-separated.",
     )
     scope_fields: str = Field(
         default=SCOPE_FIELDS,
