@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Literal
 
 import structlog
 from aio_pika import Message
@@ -88,6 +89,10 @@ class Query:
     search: SearchMode | None = None  # vector, lexical or hybrid; None: the worker's default
     fusion: Fusion | None = None
     knowledge_base_ids: Sequence[str] | None = None  # memorizz's attached knowledge bases
+    ranking: Literal["signal", "memorizz"] | None = None  # None: the worker's default (signal)
+    # memorizz's agent-wide rows (no user_id) beside a user_id filter, in the stores where
+    # memorizz shares them; sent only where the request schema has the option.
+    agent_wide: bool | None = None
 
 
 async def connect_client(
@@ -101,6 +106,17 @@ async def connect_client(
     return await connect_waiting(
         settings.amqp_url, wait, connection_name, wait_setting=setting, each_retry=False
     )
+
+
+def optional_fields(query: Query) -> dict[str, Any]:
+    """The request fields a query sets only when given, so a request without them reads
+    exactly as before (and a worker of an older schema accepts it)."""
+    fields: dict[str, Any] = {}
+    if query.ranking is not None:
+        fields["ranking"] = query.ranking
+    if query.agent_wide is not None:
+        fields["agent_wide"] = query.agent_wide
+    return fields
 
 
 def publish_failure(exc: Exception) -> RetrievalError | None:
@@ -156,6 +172,12 @@ class RetrievalClient:
     def reply_queue_name(self) -> str:
         return self._topology.reply(self.client_id).name
 
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now (it reconnects by itself when lost): a
+        caller that cannot wait may fail fast instead of publishing into a reconnect."""
+        return self._connection is not None and self._connection.connected.is_set()
+
     async def connect(self) -> None:
         name = f"recallq-client {self.client_id}"
         self._connection = await connect_client(self.settings, self.connect_wait_s, name)
@@ -193,6 +215,7 @@ class RetrievalClient:
             raise RuntimeError("RetrievalClient is not connected: use `async with`")
         timeout = self.timeout if timeout is None else timeout
         request = RetrievalRequest(
+            **optional_fields(query),
             request_id=request_id or uuid.uuid4().hex,
             query=query.query,
             memory_id=query.memory_id,

@@ -209,6 +209,15 @@ class RetrievalRequest(BaseModel):
         "request are searched by memory_id alone. The worker refuses it where no requested "
         "type has an attached field; empty or null: none attached.",
     )
+    agent_wide: bool = Field(
+        default=False,
+        description="memorizz's user scope: for each memory type whose store profile marks "
+        "it agent-wide (memorizz's knowledge_base and its alias long_term_memory, toolbox, "
+        "skillbox: a row without a user_id belongs to the whole agent), a filter on the "
+        "profile's user field (user_id) also admits the owner's rows that have no user_id "
+        "(null or missing), as memorizz reads them. Other memory types keep the equality. "
+        "No effect without such a filter or such a type; a tenant policy may forbid it.",
+    )
 
     @field_validator("query")
     @classmethod

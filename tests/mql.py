@@ -1,6 +1,6 @@
 """A small MongoDB query matcher, written by hand for the tests' oracles: what a find()
 with a filter document selects, for the operators recallq and memorizz use ($eq, $in,
-$or, $and and implicit equality), with MongoDB's rules for null (missing or null) and
+$exists, $or, $and and implicit equality), with MongoDB's rules for null (missing or null) and
 arrays (an array matches when one of its elements does)."""
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def _holds(value: Any, condition: Any) -> bool:
                 return False
             if operator == "$in" and not any(_equals(value, item) for item in operand):
                 return False
-            if operator not in ("$eq", "$in"):
+            if operator == "$exists" and (value is not MISSING) != bool(operand):
+                return False
+            if operator not in ("$eq", "$in", "$exists"):
                 raise NotImplementedError(operator)
         return True
     return _equals(value, condition)

@@ -153,10 +153,13 @@ class Consumer:
                 f"reply_to {message.reply_to!r} is not a queue of user {message.user_id!r}"
             )
         if self._policy is not None:  # before any work: the model never sees a refused query
+            widens = request.agent_wide and bool(
+                self._profile.widened(request.limits, request.filters or ())
+            )
             self._policy.check(
                 message.user_id, request.memory_id, request.filters, owner,
                 attached_field=self._profile.attached_field_of(request.limits),
-                attached_ids=attached,
+                attached_ids=attached, agent_wide=widens,
             )  # fmt: skip
         if past_deadline(request, time.time()):
             return expired(request.request_id, self._worker_id, "while it was queued")

@@ -1,5 +1,5 @@
-"""The search stage: group a batch by (collection, owner, attached ids, filters), search,
-rank per request.
+"""The search stage: group a batch by (collection, owner, attached ids, filters, agent-wide
+field), search, rank per request.
 
 Each query asks its group for vector candidates, lexical candidates or both, as its
 request's search mode says, `limit x candidate_factor` of each; worker.fusion turns
@@ -9,7 +9,10 @@ Memory types name what a request wants; the store profile says which collection
 each lives in and which field holds its owner (the request's memory_id). Two types
 in one collection with the same owner field (an alias) share one search. A type whose
 profile names an attached field (memorizz's knowledge base) also searches the rows
-attached by the request's `knowledge_base_ids`, in the same search.
+attached by the request's `knowledge_base_ids`, in the same search. A type in a
+collection the profile marks agent-wide, asked for with `agent_wide`, has its user
+filter widened to the owner's rows without a user (memorizz's agent-wide rows): a
+search of its own, never shared with the strict one.
 """
 
 from __future__ import annotations
@@ -32,18 +35,31 @@ Scope = tuple[tuple[str, str], ...]
 Observe = Callable[[float], None]  # seconds of the batch's one store call
 
 
-Key = tuple[str, str, str, str | None, tuple[str, ...], Scope]
+Key = tuple[str, str, str, str | None, tuple[str, ...], Scope, str | None]
 
 
 def group_key(request: RetrievalRequest, memory_type: str, profile: Profile | None) -> Key:
-    """(collection, owner field, memory_id, attached field, attached ids, filters): the
-    attached part only for a type whose profile names an attached field, with ids."""
+    """(collection, owner field, memory_id, attached field, attached ids, filters, widened
+    field): the attached part only for a type whose profile names an attached field, with
+    ids; the widened field only with `agent_wide`, for an agent-wide type whose user field
+    is filtered on."""
     collection = profile.collection(memory_type) if profile else memory_type
     owner_field = profile.owner(memory_type) if profile else MEMORY_ID
     attached_field = profile.attached_field(memory_type) if profile else None
     ids = tuple(sorted(set(request.knowledge_base_ids or ()))) if attached_field else ()
     scope = tuple(sorted((request.filters or {}).items()))
-    return collection, owner_field, request.memory_id, attached_field if ids else None, ids, scope
+    attached = attached_field if ids else None
+    wide = widened(request, memory_type, profile)
+    return collection, owner_field, request.memory_id, attached, ids, scope, wide
+
+
+def widened(request: RetrievalRequest, memory_type: str, profile: Profile | None) -> str | None:
+    """The scope field `agent_wide` widens for this type, or None (no option, no agent-wide
+    collection, or no filter on its user field: nothing to widen)."""
+    if not request.agent_wide or profile is None:
+        return None
+    field = profile.agent_wide_field(memory_type)
+    return field if field is not None and field in (request.filters or {}) else None
 
 
 def build_groups(
@@ -53,15 +69,17 @@ def build_groups(
     profile: Profile | None = None,
     search: SearchMode = "hybrid",
 ) -> tuple[list[SearchGroup], list[list[Slot]]]:
-    """One group per (collection, owner field, memory_id, attached ids, filters); for each,
-    the slots it answers. `profile` maps memory types to collections, owner and attached
-    fields (default: the same name, owned by memory_id, nothing attached)."""
+    """One group per (collection, owner field, memory_id, attached ids, filters, widened
+    field); for each, the slots it answers. `profile` maps memory types to collections,
+    owner, attached and agent-wide fields (default: the same name, owned by memory_id,
+    nothing attached, nothing agent-wide)."""
     members: dict[Key, list[Slot]] = defaultdict(list)
     for index, request in enumerate(requests):
         for memory_type in request.limits:
             members[group_key(request, memory_type, profile)].append((index, memory_type))
     groups = []
-    for (collection, owner_field, owner, attached_field, ids, scope), slots in members.items():
+    for key, slots in members.items():
+        collection, owner_field, owner, attached_field, ids, scope, wide = key
         rows = [index for index, _ in slots]
         wanted = [requests[i].limits[t] * candidate_factor for i, t in slots]
         modes = [requests[i].search or search for i, _ in slots]
@@ -75,7 +93,7 @@ def build_groups(
                 collection, owner, vectors[rows], ks, scope, owner_field,
                 queries=tuple(requests[i].query for i in rows) if lexical else (),
                 lexical_ks=lexical_ks if lexical else (),
-                attached_field=attached_field, attached_ids=ids,
+                attached_field=attached_field, attached_ids=ids, agent_wide=wide,
             )
         )  # fmt: skip
     return groups, list(members.values())

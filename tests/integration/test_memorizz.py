@@ -25,7 +25,7 @@ import pytest
 from pymongo import MongoClient
 
 from benchmarks.openai_server import EmbeddingServer, local_model_encoder
-from producer.client import RetrievalClient
+from producer.client import Query, RetrievalClient
 from schemas.messages import MemoryHit, RankWeights, RetrievalResponse
 from tests.integration.conftest import mongo_settings, running_worker
 from tests.integration.secantus import RestartableSecantus
@@ -53,6 +53,7 @@ from memorizz.long_term.procedural.workflow.workflow import Workflow  # noqa: E4
 from memorizz.long_term.semantic.entity_memory.entity_memory import EntityMemory  # noqa: E402
 from memorizz.long_term.semantic.knowledge_base import KnowledgeBase  # noqa: E402
 from memorizz.memagent.managers.memory_manager import MemoryManager  # noqa: E402
+from memorizz.memory_provider.base import user_scope_matches  # noqa: E402
 from memorizz.memory_provider.mongodb.provider import (  # noqa: E402
     MongoDBConfig,
     MongoDBProvider,
@@ -110,6 +111,19 @@ def get_weather(city: str) -> str:
 def convert_currency(amount: float, currency: str) -> float:
     """Convert an amount of money into another currency."""
     return amount
+
+
+def find_bike_shop(city: str) -> str:
+    """Find a bike repair shop near the river bridge."""
+    return "open"
+
+
+def book_table(city: str) -> str:
+    """Book a table at a vegetarian restaurant by the river."""
+    return "booked"
+
+
+PRIVATE_TOOLS = {"alice": find_bike_shop, "bob": book_table}  # agent-1's, one per user
 
 
 SHORTENED = 256  # the dimensions memorizz and the worker ask the OpenAI-compatible server for
@@ -203,9 +217,21 @@ def memorizz_db(secantus: RestartableSecantus, served: Served) -> Iterator[str]:
         for note in (f"{user} is comparing fares", f"{user} wants a hotel near the river"):
             scratch = {"content": note, "user_id": user, "embedding": provider.embed_text(note)}
             provider.store(scratch, MemoryType.SHORT_TERM_MEMORY, memory_id="shared")
-    # no user: memorizz's agent-wide knowledge
+    # no user: memorizz's agent-wide knowledge (user_id null), attached and the agent's own
     KNOWLEDGE["agent-wide"] = KnowledgeBase(provider).ingest_knowledge(
         WIDE_CORPUS, namespace="travel", chunking_strategy="sentence", chunk_size=60
+    )
+    KnowledgeBase(provider).ingest_knowledge(
+        "The river ferry to the old town leaves every hour", "remembered",
+        chunking_strategy="none", metadata={"memory_id": "shared", "agent_id": "agent-1"},
+    )  # fmt: skip
+    legacy = KnowledgeBase(provider).ingest_knowledge(
+        "Bikes ride free on the river trains", "remembered", chunking_strategy="none",
+        metadata={"memory_id": "shared", "agent_id": "agent-1"},
+    )  # fmt: skip
+    # a row from before memorizz's user scope: no user_id field at all
+    MongoClient(secantus.uri)[database]["knowledge_base"].update_many(
+        {"knowledge_base_id": legacy}, {"$unset": {"user_id": ""}}
     )
     for agent, flows in WORKFLOWS.items():
         for name, description in flows:
@@ -222,6 +248,14 @@ def memorizz_db(secantus: RestartableSecantus, served: Served) -> Iterator[str]:
             skill = Skill(name=f"skill: {name}", description=description,
                           content=f"When asked to {name}: {description}.")  # fmt: skip
             Skillbox(provider, agent_id=agent).add_skill(skill)
+    # each user's own tool and skill beside agent-1's agent-wide ones (user_id null)
+    for user, tool in PRIVATE_TOOLS.items():
+        Toolbox(provider, llm_provider=CannedLLM(), agent_id="agent-1").register_tool(
+            tool, augment=True, user_id=user
+        )
+        skill = Skill(name=f"skill: {user}'s errands", description=f"{tool.__doc__}",
+                      content=f"When {user} asks: {tool.__doc__}", user_id=user)  # fmt: skip
+        Skillbox(provider, agent_id="agent-1").add_skill(skill)
     yield database
     MongoClient(secantus.uri).drop_database(database)
 
@@ -436,19 +470,25 @@ def assert_lexical_is_bm25_over_the_union(
     rows = [
         r for r in MongoClient(uri)[database]["knowledge_base"].find({}) if matches(r, selector)
     ]
+    hits = reply.results["knowledge_base"]
+    assert_bm25_hits(hits, rows, "bridge river")
+    owners = {r.get("memory_id") for r in rows if str(r["_id"]) in {h.id for h in hits}}
+    assert "shared" in owners and None in owners  # both sides of the $or scored together
+
+
+def assert_bm25_hits(hits: list[MemoryHit], rows: list[dict[str, Any]], query: str) -> None:
+    """The hits are every row with a query word, by tests/oracle.py's BM25 with these rows'
+    statistics, best first (relevance is the BM25 alone)."""
     records = [{"id": str(r["_id"]), "content": r["content"],
                 "timestamp": datetime.fromisoformat(r["created_at"]).timestamp()}
                for r in rows]  # fmt: skip
-    scores = dict(zip([r["id"] for r in records], bm25("bridge river", documents(records)),
+    scores = dict(zip([r["id"] for r in records], bm25(query, documents(records)),
                       strict=True))  # fmt: skip
-    hits = reply.results["knowledge_base"]
     assert {h.id for h in hits} == {i for i, score in scores.items() if score > 0}
     for hit in hits:
         assert hit.lexical == pytest.approx(scores[hit.id], rel=1e-4, abs=1e-5)
     found = [h.lexical or 0.0 for h in hits]
-    assert found == sorted(found, reverse=True)  # best first: relevance is the BM25 alone
-    owners = {r.get("memory_id") for r in rows if str(r["_id"]) in {h.id for h in hits}}
-    assert "shared" in owners and None in owners  # both sides of the $or scored together
+    assert found == sorted(found, reverse=True)
 
 
 async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
@@ -475,3 +515,146 @@ async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
     assert allowed.status == "ok", allowed.error
     assert refused.error is not None and refused.error.code == "forbidden"
     assert KNOWLEDGE["bob"] in refused.error.message and "(attached)" in refused.error.message
+
+
+def user_rows(uri: str, database: str, collection: str, selector: dict[str, Any], user: str,
+              agent_wide: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """The embedded rows `selector` picks that a read for `user` sees: by memorizz's own
+    user_scope_matches (the user's and, in its agent-wide stores, the agent's rows without
+    a user) with `agent_wide`, else by user_id equality (recallq's filters)."""
+
+    def visible(row: dict[str, Any]) -> bool:
+        if agent_wide:
+            return user_scope_matches(row.get("user_id"), user, collection)
+        return row.get("user_id") == user
+
+    found = MongoClient(uri)[database][collection].find({"embedding": {"$exists": True}})
+    return [row for row in found if matches(row, selector) and visible(row)]
+
+
+def top_k(rows: list[dict[str, Any]], query: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """Top k (id, cosine) by brute force over the rows' stored embeddings."""
+    assert rows, "no rows in scope"
+    matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    cosines = matrix @ (query / np.linalg.norm(query))
+    order = np.argsort(-cosines)[:k]
+    return [(str(rows[i]["_id"]), float(cosines[i])) for i in order]
+
+
+# (memory_id, limits, attached knowledge bases or None, memorizz's selector for the owner)
+def agent_wide_asks() -> list[tuple[str, dict[str, int], list[str] | None, dict[str, Any]]]:
+    ids = [KNOWLEDGE["agent-wide"], KNOWLEDGE["alice"], KNOWLEDGE["bob"]]
+    attached = MongoDBProvider._knowledge_base_search_filter(
+        {"memory_id": "shared", "knowledge_base_ids": ids}
+    )
+    return [
+        ("shared", {"knowledge_base": 30, "conversation_memory": 10}, None,
+         {"memory_id": "shared"}),
+        ("shared", {"long_term_memory": 30}, ids, attached),
+        ("agent-1", {"toolbox": 30, "skillbox": 30}, None, {"agent_id": "agent-1"}),
+    ]  # fmt: skip
+
+
+async def test_agent_wide_rows_are_every_user_s_and_private_rows_their_owner_s(
+    settings: WorkerSettings,
+    secantus: RestartableSecantus,
+    memorizz_db: str,
+    served: Served,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+) -> None:
+    mongo, store = memorizz_store
+    question = "how do I get around the river with my bike?"
+    asks = [(user, wide, *ask) for user in TURNS for wide in (True, False)
+            for ask in agent_wide_asks()]  # fmt: skip
+    async with (
+        running_worker(mongo, served.embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        replies = await client.retrieve_many([
+            Query(question, owner, limits, weights=RELEVANCE_ONLY, search="vector",
+                  filters={"user_id": user}, knowledge_base_ids=ids, agent_wide=wide)
+            for user, wide, owner, limits, ids, _ in asks
+        ], timeout=30)  # fmt: skip
+    query, profile = (await served.query(question)), load_profile("memorizz")
+    seen: dict[tuple[str, str], set[str]] = {}  # (user, collection) -> ids, with agent_wide
+    for (user, wide, _, limits, _, selector), reply in zip(asks, replies, strict=True):
+        assert reply.status == "ok", reply.error
+        for memory_type, k in limits.items():
+            collection = profile.collection(memory_type)
+            widened = wide and memory_type != "conversation_memory"  # that one stays strict
+            rows = user_rows(secantus.uri, memorizz_db, collection, selector, user, widened)
+            hits = reply.results[memory_type]
+            assert_oracle_hits(hits, top_k(rows, query, k))
+            assert len(hits) == len(rows) < k  # every row in scope, none left out
+            if widened:
+                seen.setdefault((user, collection), set()).update(h.id for h in hits)
+                assert {r.get("user_id") for r in rows} == {user, None}  # both kinds
+            else:
+                assert all(r["user_id"] == user for r in rows)
+    for collection in ("knowledge_base", "toolbox", "skillbox"):
+        shared = seen["alice", collection] & seen["bob", collection]
+        everyone = {str(r["_id"]) for r in MongoClient(secantus.uri)[memorizz_db][collection]
+                    .find({"embedding": {"$exists": True}, "user_id": None})}  # fmt: skip
+        assert shared and shared <= everyone  # what both see is the agent's rows only
+        assert (seen["alice", collection] - shared) and (seen["bob", collection] - shared)
+
+
+async def test_the_lexical_side_scores_exactly_the_rows_memorizz_shows_the_user(
+    settings: WorkerSettings,
+    secantus: RestartableSecantus,
+    memorizz_db: str,
+    served: Served,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+) -> None:
+    mongo, store = memorizz_store
+    asks = agent_wide_asks()
+    async with (
+        running_worker(mongo, served.embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        replies = await client.retrieve_many([
+            Query("river bridge bike", owner, limits, weights=RELEVANCE_ONLY, search="lexical",
+                  filters={"user_id": user}, knowledge_base_ids=ids, agent_wide=True)
+            for user in TURNS for owner, limits, ids, _ in asks
+        ], timeout=30)  # fmt: skip
+    wanted = [(user, ask) for user in TURNS for ask in asks]
+    for (user, (_, limits, _, selector)), reply in zip(wanted, replies, strict=True):
+        assert reply.status == "ok", reply.error
+        for memory_type in limits:
+            collection = load_profile("memorizz").collection(memory_type)
+            widened = memory_type != "conversation_memory"
+            rows = user_rows(secantus.uri, memorizz_db, collection, selector, user, widened)
+            if collection == "knowledge_base":  # the statistics need the text: BM25's oracle
+                assert_bm25_hits(reply.results[memory_type], rows, "river bridge bike")
+            else:  # tools and skills: the lexical list is drawn from the same rows
+                assert {h.id for h in reply.results[memory_type]} <= {str(r["_id"]) for r in rows}
+
+
+async def test_a_policy_that_forbids_agent_wide_rows_refuses_a_request_that_widens(
+    settings: WorkerSettings,
+    memorizz_db: str,
+    served: Served,
+    memorizz_store: tuple[WorkerSettings, MongoStore],
+    tmp_path: Path,
+) -> None:
+    mongo, store = memorizz_store
+    policy = tmp_path / "policy.json"
+    rules = {"memory_ids": ["shared"], "filters": {"user_id": ["alice"]}, "agent_wide": False}
+    policy.write_text(json.dumps({"users": {settings.amqp_user: rules}}))
+    mongo = mongo.model_copy(update={"tenant_policy": str(policy)})
+    alice = {"user_id": "alice"}
+    async with (
+        running_worker(mongo, served.embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        widening, strict, nothing_to_widen = await client.retrieve_many([
+            Query("river", "shared", limits, filters=alice, agent_wide=wide)
+            for limits, wide in [({"knowledge_base": 3}, True), ({"knowledge_base": 3}, False),
+                                 ({"conversation_memory": 3}, True)]
+        ], timeout=30)  # fmt: skip
+    assert widening.error is not None and widening.error.code == "forbidden"
+    assert "agent-wide" in widening.error.message
+    assert strict.status == "ok", strict.error
+    assert len(strict.results["knowledge_base"]) == 1  # alice's own fact, nothing wider
+    assert nothing_to_widen.status == "ok", nothing_to_widen.error

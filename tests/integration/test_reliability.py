@@ -173,9 +173,9 @@ async def test_requests_that_expire_in_the_queue_never_reach_the_model(
     embedded: list[str] = []
     embed = embedder.embed
 
-    async def recording(texts: Sequence[str]) -> Any:
+    async def recording(texts: Sequence[str], deadline: float | None = None) -> Any:
         embedded.extend(texts)
-        return await embed(texts)
+        return await embed(texts, deadline)
 
     monkeypatch.setattr(embedder, "embed", recording)
     probes = [Query(f"expired probe {i}", "travel-concierge:maya", LIMITS) for i in range(20)]

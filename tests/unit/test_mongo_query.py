@@ -25,6 +25,7 @@ from worker.store.mongo_query import (
     text_index_definition,
     to_document,
     to_memory,
+    vector_filter,
     vector_index_definition,
     vector_search_pipeline,
     with_lexical,
@@ -337,3 +338,107 @@ def test_the_boundary_selects_what_memorizz_s_own_filter_selects(
         i for i in wider if rows[i].get("user_id") == "alice"
     ]
     assert len(wider) > len([r for r in rows if matches(r, ours)])
+
+
+MISSING = object()
+
+
+def agent_rows() -> list[dict[str, Any]]:
+    """Two agents' rows: each user's, the agent's with user_id null (as memorizz 0.17 writes
+    them) and with no user_id at all (rows older than memorizz's user scope)."""
+    users: list[Any] = ["alice", "bob", None, MISSING]
+    return [
+        {"_id": i, "agent_id": agent, **({} if user is MISSING else {"user_id": user})}
+        for i, (agent, user) in enumerate((a, u) for a in ("agent-1", "agent-2") for u in users)
+    ]
+
+
+WIDE = {"$or": [{"user_id": {"$eq": "alice"}}, {"user_id": {"$exists": False}}]}
+
+
+def test_agent_wide_widens_the_user_equality_to_the_agent_s_rows_in_every_query() -> None:
+    scope = (("namespace", "travel"), ("user_id", "alice"))
+    found = tenant_filter("agent-1", scope, "agent_id", agent_wide="user_id")
+    assert found == {"agent_id": {"$eq": "agent-1"}, "namespace": {"$eq": "travel"},
+                     "user_id": {"$in": ["alice", None]}}  # fmt: skip
+    [stage, _] = vector_search_pipeline(
+        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=scope,
+        owner_field="agent_id", agent_wide="user_id",
+    )  # fmt: skip
+    # $vectorSearch filters on no null: the value, or no user_id in the index at all
+    assert stage["$vectorSearch"]["filter"] == {
+        **WIDE, "agent_id": {"$eq": "agent-1"}, "namespace": {"$eq": "travel"}
+    }  # fmt: skip
+    [search, _, _] = lexical_search_pipeline(
+        "recallq_text", "river", "agent-1", 7, scope=scope, owner_field="agent_id",
+        agent_wide="user_id",
+    )  # fmt: skip
+    assert search["$search"]["compound"]["filter"] == [
+        {"equals": {"path": "agent_id", "value": "agent-1"}},
+        {"equals": {"path": "namespace", "value": "travel"}},
+        {"compound": {"should": [
+            {"equals": {"path": "user_id", "value": "alice"}},
+            {"equals": {"path": "user_id", "value": None}},
+            {"compound": {"mustNot": [{"exists": {"path": "user_id"}}]}},
+        ], "minimumShouldMatch": 1}},
+    ]  # fmt: skip
+    # without it, or with the field not filtered on: the equality, as before
+    assert tenant_filter("agent-1", scope, "agent_id")["user_id"] == {"$eq": "alice"}
+    for field in ("thread_id", "agent_id", "$where"):  # never the owner, never unfiltered
+        with pytest.raises(TypeError, match="agent_wide"):
+            tenant_filter("agent-1", scope, "agent_id", agent_wide=field)
+
+
+def test_with_attached_ids_the_two_alternatives_are_anded_in_the_vector_filter() -> None:
+    attached = {"attached_field": KB, "attached_ids": ["kb-1", "kb-2"]}
+    boundary = tenant_filter("agent-1", (("user_id", "alice"),), **attached,
+                             agent_wide="user_id")  # fmt: skip
+    assert boundary == {**BOUNDARY, "user_id": {"$in": ["alice", None]}}
+    assert vector_filter(boundary) == {"$and": [{"$or": BOUNDARY["$or"]}, WIDE]}
+    assert vector_filter(BOUNDARY) == BOUNDARY  # nothing widened: unchanged
+    [search, _, _] = lexical_search_pipeline("i", "q", "agent-1", 3, scope=(("user_id", "a"),),
+                                             **attached, agent_wide="user_id")  # fmt: skip
+    should = [clause["compound"]["should"] for clause in search["$search"]["compound"]["filter"]]
+    assert [len(parts) for parts in should] == [2, 3]  # owner or attached; user, null or none
+
+
+@pytest.mark.parametrize("store", ["knowledge_base", "toolbox", "skillbox", "summaries"])
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_the_widened_filter_admits_what_memorizz_s_user_scope_admits(store: str, user: str) -> None:
+    base = pytest.importorskip("memorizz.memory_provider.base")
+    provider = pytest.importorskip("memorizz.memory_provider.mongodb.provider")
+    rows = agent_rows()
+    scope = (("user_id", user),)
+    agent_wide = "user_id" if store in base.AGENT_WIDE_STORES else None
+    ours = tenant_filter("agent-1", scope, "agent_id", agent_wide=agent_wide)
+    theirs = {"agent_id": "agent-1", **provider._mongo_user_id_predicate(user, store)}
+    selected = [r["_id"] for r in rows if matches(r, ours)]
+    assert selected == [r["_id"] for r in rows if matches(r, theirs)]
+    assert selected == [
+        r["_id"] for r in rows
+        if r["agent_id"] == "agent-1" and base.user_scope_matches(r.get("user_id"), user, store)
+    ]  # fmt: skip
+    assert len(selected) == (3 if agent_wide else 1)  # the user's, null, none; or the user's
+    # $vectorSearch: a null user_id is no filter value, so the index holds none for it
+    indexed = [{k: v for k, v in r.items() if v is not None} for r in rows]
+    vector = vector_filter(ours)
+    assert [r["_id"] for r in indexed if matches(r, vector)] == selected
+
+
+@pytest.mark.parametrize("ids", [[], ["kb-1"], ["kb-2", "kb-1"]])
+def test_the_widened_knowledge_base_selects_what_memorizz_s_own_filter_selects(
+    ids: list[str],
+) -> None:
+    provider = pytest.importorskip("memorizz.memory_provider.mongodb.provider")
+    rows = memorizz_rows()
+    theirs = provider.MongoDBProvider._knowledge_base_search_filter(
+        {"memory_id": "agent-1", "knowledge_base_ids": ids, "user_id": "alice"}
+    )
+    ours = tenant_filter("agent-1", (("user_id", "alice"),), attached_field=KB,
+                         attached_ids=ids, agent_wide="user_id")  # fmt: skip
+    selected = [r["_id"] for r in rows if matches(r, ours)]
+    assert selected == [r["_id"] for r in rows if matches(r, theirs)]
+    assert any("user_id" not in rows[i] for i in selected)  # the agent's rows are in it
+    assert all(rows[i].get("user_id") in ("alice", None) for i in selected)
+    vector = vector_filter(ours)
+    assert [r["_id"] for r in rows if matches(r, vector)] == selected  # no null stored here

@@ -190,3 +190,65 @@ def test_only_listed_scope_fields_pass_and_the_embedded_store_has_none() -> None
         sqlite.check(["long_term_memory"], ["user_id"])
     with pytest.raises(ConfigError, match="RECALLQ_SCOPE_FIELDS"):
         load_profile("recallq", scope_fields="user_id,$where")
+
+
+def test_the_memorizz_profile_marks_memorizz_s_agent_wide_stores_by_collection() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id,namespace")
+    wide = {t: f for t in profile.memory_types if (f := profile.agent_wide_field(t))}
+    assert wide == {"knowledge_base": "user_id", "long_term_memory": "user_id",
+                    "toolbox": "user_id", "skillbox": "user_id"}  # fmt: skip
+    base = pytest.importorskip("memorizz.memory_provider.base")
+    assert {profile.collection(t) for t in wide} == set(base.AGENT_WIDE_STORES)
+    assert dict(load_profile("recallq", scope_fields="user_id").agent_wide) == {}
+    # only a type whose user field is filtered on is widened
+    assert profile.widened(["knowledge_base", "conversation_memory"], ["user_id"]) == [
+        "knowledge_base"
+    ]
+    assert profile.widened(["toolbox", "skillbox"], ["user_id"]) == ["skillbox", "toolbox"]
+    assert profile.widened(["knowledge_base"], ["namespace"]) == []
+    assert profile.widened(["summaries", "workflow_memory"], ["user_id"]) == []
+    # the marking follows the collection: a type moved elsewhere loses it, one mapped
+    # onto an agent-wide collection has it
+    moved = load_profile("memorizz", "knowledge_base=kb_chunks, tools=toolbox:agent_id")
+    assert moved.agent_wide_field("knowledge_base") is None
+    assert moved.agent_wide_field("long_term_memory") == "user_id"
+    assert moved.agent_wide_field("tools") == "user_id"
+    assert moved.agent_wide_field("unknown") is None
+
+
+def scoped(request_id: str, limits: dict[str, int], filters: dict[str, str],
+           agent_wide: bool, memory_id: str = "m") -> RetrievalRequest:  # fmt: skip
+    return RetrievalRequest(request_id=request_id, query="q", memory_id=memory_id,
+                            limits=limits, filters=filters, agent_wide=agent_wide)  # fmt: skip
+
+
+def test_an_agent_wide_search_is_never_shared_with_a_strict_one() -> None:
+    profile = load_profile("memorizz", scope_fields="user_id,namespace")
+    alice, travel = {"user_id": "alice"}, {"namespace": "travel"}
+    requests = [
+        scoped("a", {"knowledge_base": 1, "conversation_memory": 1}, alice, True),
+        scoped("b", {"long_term_memory": 1, "conversation_memory": 1}, alice, False),
+        scoped("c", {"knowledge_base": 1}, travel, True),  # no user filter: nothing widened
+        scoped("d", {"knowledge_base": 1}, travel, False),
+        scoped("e", {"toolbox": 1, "skillbox": 1}, alice, True, memory_id="agent-1"),
+    ]
+    groups, slots = build_groups(requests, np.eye(5, 4, dtype=np.float32), 1, profile)
+    found = {(g.collection, g.filters, g.agent_wide): s for g, s in zip(groups, slots, strict=True)}
+    by_user, by_place = (("user_id", "alice"),), (("namespace", "travel"),)
+    assert found == {
+        ("knowledge_base", by_user, "user_id"): [(0, "knowledge_base")],
+        ("conversation_memory", by_user, None): [(0, "conversation_memory"),
+                                                 (1, "conversation_memory")],
+        ("knowledge_base", by_user, None): [(1, "long_term_memory")],
+        ("knowledge_base", by_place, None): [(2, "knowledge_base"), (3, "knowledge_base")],
+        ("toolbox", by_user, "user_id"): [(4, "toolbox")],
+        ("skillbox", by_user, "user_id"): [(4, "skillbox")],
+    }  # fmt: skip
+    # the recallq profile marks nothing: the option changes no search there
+    recallq = load_profile("recallq", scope_fields="user_id")
+    plain = [scoped("f", {"long_term_memory": 1}, alice, True),
+             scoped("g", {"long_term_memory": 1}, alice, False)]  # fmt: skip
+    groups, slots = build_groups(plain, np.eye(2, 4, dtype=np.float32), 1, recallq)
+    assert [(g.agent_wide, s) for g, s in zip(groups, slots, strict=True)] == [
+        (None, [(0, "long_term_memory"), (1, "long_term_memory")])
+    ]

@@ -289,6 +289,12 @@ DRIFT_CASES = [
     case("knowledge_base_id lone surrogate", WORKER_ONLY, knowledge_base_ids=["kb\ud800"]),
     case("knowledge_base_ids a string", REFUSED, knowledge_base_ids="kb-1"),
     case("knowledge_base_ids an object", REFUSED, knowledge_base_ids={"$in": ["kb-1"]}),
+    # agent_wide: a boolean, never coerced
+    case("agent_wide true", ACCEPTED, agent_wide=True),
+    case("agent_wide false", ACCEPTED, agent_wide=False),
+    case("agent_wide 1", REFUSED, agent_wide=1),
+    case("agent_wide string", REFUSED, agent_wide="true"),
+    case("agent_wide null", REFUSED, agent_wide=None),
     # deadline_ms: 0..253402300799999, an integer
     case("deadline 0", ACCEPTED, deadline_ms=0),
     case("deadline latest", ACCEPTED, deadline_ms=MAX_DEADLINE_MS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from worker.access.tenants import TenantPolicy
 from worker.errors import ConfigError, Forbidden
@@ -128,3 +129,22 @@ def test_each_attached_id_is_checked_like_an_owner_of_its_field() -> None:
     with pytest.raises(Forbidden, match="must filter 'knowledge_base_id'"):
         policy.check("pinned", "shared", attached_field=kb, attached_ids=["kb-1"])
     policy.check("pinned", "shared", {kb: "kb-1"})
+
+
+def test_agent_wide_rows_are_allowed_unless_the_user_s_rules_forbid_them() -> None:
+    pinned = {"memory_ids": ["shared"], "filters": {"user_id": ["alice"]}}
+    policy = TenantPolicy.model_validate(
+        {"users": {"app-alice": pinned, "strict-alice": {**pinned, "agent_wide": False}}}
+    )
+    alice = {"user_id": "alice"}
+    policy.check("app-alice", "shared", alice, agent_wide=True)  # memorizz's semantics
+    policy.check("strict-alice", "shared", alice)  # the strict scope, as before
+    with pytest.raises(Forbidden, match="may not read agent-wide rows"):
+        policy.check("strict-alice", "shared", alice, agent_wide=True)
+    with pytest.raises(Forbidden, match="must filter 'user_id'"):  # the pin still holds
+        policy.check("app-alice", "shared", {"user_id": "bob"}, agent_wide=True)
+    with pytest.raises(Forbidden, match="may not read memory_id"):  # and the owner
+        policy.check("app-alice", "other", alice, agent_wide=True)
+    for bad in ("false", 0, None):  # a typo never turns into a grant or a refusal
+        with pytest.raises(ValidationError):
+            TenantPolicy.model_validate({"users": {"x": {**pinned, "agent_wide": bad}}})

@@ -23,6 +23,13 @@ chunks only the `knowledge_base_id` of their knowledge base, and memorizz select
 `memory_id = X OR knowledge_base_id IN (the agent's attached knowledge bases)`. The
 request's `knowledge_base_ids` are those attached ids; they apply to the types with an
 attached field only (a conversation_memory beside them is searched by memory_id alone).
+
+A collection may also be agent-wide: memorizz reads its knowledge base, toolbox and
+skillbox (its AGENT_WIDE_STORES) by user with `user_id IN (the user, null)`, a row
+without a user_id belonging to every user of the agent. The profile names the user
+field of each such collection; a request with `agent_wide` widens its filter on that
+field the same way, for the types stored there only (the `recallq` profile has none).
+The marking follows the collection, so an alias (memorizz's long_term_memory) shares it.
 """
 
 from __future__ import annotations
@@ -62,9 +69,13 @@ MEMORIZZ_ATTACHED = {
     "knowledge_base": "knowledge_base_id",
     "long_term_memory": "knowledge_base_id",
 }
+# Agent-wide collections and their user field: memorizz 0.17's AGENT_WIDE_STORES, where
+# a row without a user_id is visible to every user of its agent (user_scope_matches).
+MEMORIZZ_AGENT_WIDE = {"knowledge_base": "user_id", "toolbox": "user_id", "skillbox": "user_id"}
 BUILT_IN = {"recallq": {t.value: t.value for t in MemoryType}, "memorizz": MEMORIZZ}
 BUILT_IN_OWNERS: dict[str, dict[str, str]] = {"recallq": {}, "memorizz": MEMORIZZ_OWNERS}
 BUILT_IN_ATTACHED: dict[str, dict[str, str]] = {"recallq": {}, "memorizz": MEMORIZZ_ATTACHED}
+BUILT_IN_AGENT_WIDE: dict[str, dict[str, str]] = {"recallq": {}, "memorizz": MEMORIZZ_AGENT_WIDE}
 MEMORY_ID = "memory_id"
 
 
@@ -78,6 +89,7 @@ class Profile:
     scope_fields: frozenset[str] = frozenset()  # what `filters` may name
     owners: Mapping[str, str] = field(default_factory=dict)  # type -> owner, if not memory_id
     attached: Mapping[str, str] = field(default_factory=dict)  # type -> attached field
+    agent_wide: Mapping[str, str] = field(default_factory=dict)  # collection -> user field
 
     def owner(self, memory_type: str) -> str:
         """The field that must equal the request's memory_id in this type's rows."""
@@ -86,6 +98,23 @@ class Profile:
     def attached_field(self, memory_type: str) -> str | None:
         """The field whose value in `knowledge_base_ids` also selects this type's rows."""
         return self.attached.get(memory_type)
+
+    def agent_wide_field(self, memory_type: str) -> str | None:
+        """The user field whose filter `agent_wide` widens in this type's collection (rows
+        without it belong to the whole agent), or None where the collection is not
+        agent-wide."""
+        collection = self.collections.get(memory_type)
+        return None if collection is None else self.agent_wide.get(collection)
+
+    def widened(self, memory_types: Iterable[str], filters: Iterable[str]) -> list[str]:
+        """The types among `memory_types` whose filters `agent_wide` would widen: an
+        agent-wide collection whose user field is filtered on (sorted)."""
+        named = set(filters)
+        return sorted(
+            t
+            for t in set(memory_types)
+            if (f := self.agent_wide_field(t)) is not None and f in named
+        )
 
     def owner_fields(self, collection: str) -> list[str]:
         """Every owner and attached field of the types stored in `collection`: what
@@ -194,7 +223,7 @@ def load_profile(name: str, overrides: str = "", scope_fields: str = "") -> Prof
     owners = {t: field for t, field in owners.items() if field != MEMORY_ID}
     return Profile(
         name, MappingProxyType(collections), fields, MappingProxyType(owners),
-        MappingProxyType(attached),
+        MappingProxyType(attached), MappingProxyType(dict(BUILT_IN_AGENT_WIDE[name])),
     )  # fmt: skip
 
 

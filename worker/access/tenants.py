@@ -34,6 +34,19 @@ globs `owners` gives that field, e.g. memorizz's knowledge bases by knowledge_ba
 One id that does not match refuses the whole request. Attached ids never meet a pin
 (the owner's own rows are not narrowed by them), so a user whose filters pin the
 attached field cannot attach.
+
+A request with `agent_wide` reads, in the collections the store profile marks agent-wide
+(memorizz's knowledge base, toolbox, skillbox), the owner's rows without a user_id
+beside the ones its user_id filter names: memorizz shows those rows to every user of
+the agent. That is allowed unless the user's rules say `"agent_wide": false`:
+
+    {"users": {"travel-app-alice": {"memory_ids": ["shared"],
+                                    "filters": {"user_id": ["alice"]},
+                                    "agent_wide": false}}}
+
+Then a request that would widen anything (an agent-wide type and a filter on its user
+field) is forbidden, before any work. It matters where `filters` pin the user field: a
+user without a pin can read those rows anyway, by leaving the filter out.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from worker.access.profiles import MEMORY_ID
 from worker.errors import ConfigError, Forbidden
@@ -55,6 +68,8 @@ class UserRules(BaseModel):
     memory_ids: tuple[str, ...] = ()
     owners: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # other owner fields
     filters: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # May a user_id filter also admit the agent's rows without one (memorizz's semantics)?
+    agent_wide: StrictBool = True
 
     @model_validator(mode="after")
     def _grants_something(self) -> UserRules:
@@ -93,10 +108,12 @@ class TenantPolicy(BaseModel):
         *,
         attached_field: str | None = None,
         attached_ids: Sequence[str] = (),
+        agent_wide: bool = False,
     ) -> None:
         """Raise Forbidden unless `user_id` may read the memories whose `owner_field` is
         `memory_id`, and those whose `attached_field` is any of `attached_ids`, within the
-        scope its rules pin (case-sensitive globs)."""
+        scope its rules pin (case-sensitive globs); `agent_wide`: the request widens a
+        user filter to the agent's rows without a user, which its rules may forbid."""
         if not user_id:
             raise Forbidden("the message has no user_id: the tenant policy needs an identity")
         rules = self.users.get(user_id)
@@ -117,6 +134,11 @@ class TenantPolicy(BaseModel):
             value = scope.get(field)
             if value is None or not _matches(value, globs):
                 raise Forbidden(f"user {user_id!r} must filter {field!r} on its own scope")
+        if agent_wide and not rules.agent_wide:
+            raise Forbidden(
+                f"user {user_id!r} may not read agent-wide rows (its policy sets agent_wide "
+                "false): send the request without agent_wide"
+            )
 
 
 def _matches(value: str, globs: Sequence[str]) -> bool:

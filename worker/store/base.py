@@ -28,7 +28,7 @@ class Candidate:
 @dataclass(frozen=True)
 class SearchGroup:
     """All queries of a batch that search the same (collection, owner, attached ids,
-    filters).
+    filters, agent-wide field).
 
     Grouping lets an exact store score the whole group with one matrix multiply.
     `ks[i]` is how many vector candidates query `vectors[i]` wants, `lexical_ks[i]` how
@@ -48,6 +48,9 @@ class SearchGroup:
     # are searched too (owner OR attached, the scope on top); sorted, each once.
     attached_field: str | None = None
     attached_ids: tuple[str, ...] = ()
+    # memorizz's agent-wide rows: the scope field (user_id) whose equality in `filters`
+    # also admits rows where it is null or missing; None: every filter an equality.
+    agent_wide: str | None = None
 
     def lexical_k(self, query: int) -> int:
         return self.lexical_ks[query] if self.lexical_ks else 0

@@ -223,6 +223,7 @@ class MongoStore:
         query = tenant_filter(
             group.owner, group.filters, owner,
             attached_field=attached_field, attached_ids=group.attached_ids,
+            agent_wide=group.agent_wide,
         )  # fmt: skip
         fields = projection(owner, embedding=True, attached_field=attached_field)
         timeout_ms = self._options.query_timeout_ms
@@ -273,6 +274,7 @@ class MongoStore:
             owner_field=group.owner_field,
             attached_field=group.attached_field,
             attached_ids=group.attached_ids,
+            agent_wide=group.agent_wide,
         )
         return await self._aggregate(group.collection, pipeline)
 
@@ -298,6 +300,7 @@ class MongoStore:
             owner_field=group.owner_field,
             attached_field=group.attached_field,
             attached_ids=group.attached_ids,
+            agent_wide=group.agent_wide,
         )
         found = await self._aggregate(group.collection, pipeline) if group.ks[row] else []
         return [

@@ -48,28 +48,64 @@ def tenant_filter(
     *,
     attached_field: str | None = None,
     attached_ids: Sequence[str] = (),
+    agent_wide: str | None = None,
 ) -> dict[str, Any]:
     """The owner equality (`owner_field` = the request's memory_id) and the scope
-    equalities; `$eq` makes every value a literal even if it were an operator document
-    (validation already allows only strings). A field named twice is refused: a scope
-    value must never replace the owner's. With attached ids, the owner equality becomes
-    memorizz's knowledge-base boundary, `$or` of it and `attached_field $in ids` (its
-    _knowledge_base_search_filter), the scope still ANDed on top."""
+    equalities, as a find() filter; `$eq` makes every value a literal even if it were an
+    operator document (validation already allows only strings). A field named twice is
+    refused: a scope value must never replace the owner's. With attached ids, the owner
+    equality becomes memorizz's knowledge-base boundary, `$or` of it and `attached_field
+    $in ids` (its _knowledge_base_search_filter), the scope still ANDed on top. With
+    `agent_wide` (a scope field), that field's equality becomes memorizz's user scope in
+    an agent-wide store, `$in [value, null]`: null matches a null or missing field."""
     clauses = [(owner_field, memory_id), *scope]
     attached = [(attached_field, i) for i in attached_ids] if attached_field is not None else []
     if attached_ids and attached_field is None:
         raise TypeError("attached ids need an attached field")
-    for field, value in [*clauses, *attached]:
-        if not isinstance(value, str) or not field or field.startswith("$") or "." in field:
-            raise TypeError(f"filter {field!r} must be a string equality on a plain field")
+    _check_fields([*clauses, *attached])
     named = [field for field, _ in clauses] + ([attached_field] if attached else [])
     if len(set(named)) < len(named):
         raise TypeError(f"filter names {owner_field!r} or {attached_field!r} twice")
+    if agent_wide is not None and agent_wide not in {field for field, _ in scope}:
+        raise TypeError(f"agent_wide {agent_wide!r} must name a scope field of the filter")
     found: dict[str, Any] = {field: {"$eq": value} for field, value in clauses}
+    if agent_wide is not None:  # the user's rows and the agent's (no user)
+        found[agent_wide] = {"$in": [found[agent_wide]["$eq"], None]}
     if attached:
         owner = {owner_field: found.pop(owner_field)}
         ids = sorted({value for _, value in attached})
         found = {"$or": [owner, {attached_field: {"$in": ids}}], **found}
+    return found
+
+
+def _check_fields(clauses: Sequence[tuple[str | None, object]]) -> None:
+    """Every clause a string value on a plain field: no operator, no path, no nothing."""
+    for field, value in clauses:
+        if not isinstance(value, str) or not field or field.startswith("$") or "." in field:
+            raise TypeError(f"filter {field!r} must be a string equality on a plain field")
+
+
+def vector_filter(boundary: Mapping[str, Any]) -> dict[str, Any]:
+    """A tenant_filter as $vectorSearch's pre-filter, whose documented values are
+    booleans, dates, objectIds, numbers, strings and UUIDs, not null: a widened field's
+    `$in [value, null]` becomes `$or` of its `$eq` and `$exists: false` (documented there),
+    ANDed with the attached ids' `$or` where there is one. memorizz writes its agent-wide
+    rows with user_id null: that they count as missing, a null being no filter value the
+    index holds, is assumed here, not checked on Atlas."""
+    found: dict[str, Any] = {}
+    alternatives: list[list[dict[str, Any]]] = []
+    for field, condition in boundary.items():
+        if field == "$or":
+            alternatives.append(list(condition))
+        elif None in condition.get("$in", ()):
+            [value] = [v for v in condition["$in"] if v is not None]
+            alternatives.append([{field: {"$eq": value}}, {field: {"$exists": False}}])
+        else:
+            found[field] = condition
+    if len(alternatives) == 1:
+        return {"$or": alternatives[0], **found}
+    if alternatives:
+        return {"$and": [{"$or": parts} for parts in alternatives], **found}
     return found
 
 
@@ -98,17 +134,19 @@ def vector_search_pipeline(
     owner_field: str = "memory_id",
     attached_field: str | None = None,
     attached_ids: Sequence[str] = (),
+    agent_wide: str | None = None,
 ) -> list[dict[str, Any]]:
-    """$vectorSearch first, the tenant filter inside the stage ($or and $in are allowed
-    there), the embedding left out."""
+    """$vectorSearch first, the tenant filter inside the stage ($or, $in, $exists are
+    allowed there), the embedding left out."""
     boundary = tenant_filter(
-        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids
-    )
+        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids,
+        agent_wide=agent_wide,
+    )  # fmt: skip
     stage: dict[str, Any] = {
         "index": index,
         "path": "embedding",
         "queryVector": [float(x) for x in query],
-        "filter": boundary,
+        "filter": vector_filter(boundary),
         "limit": limit,
     }
     if exact:
@@ -154,14 +192,17 @@ def lexical_search_pipeline(
     owner_field: str = "memory_id",
     attached_field: str | None = None,
     attached_ids: Sequence[str] = (),
+    agent_wide: str | None = None,
 ) -> list[dict[str, Any]]:
     """$search first, BM25 over the text fields; the owner (or, with attached ids, a
-    compound `should` of the owner and `in` the ids) and the scope as filters inside the
-    stage (they do not score). The `text` operator takes the query as words, never as
-    query syntax (`queryString` would parse AND, quotes, fields)."""
+    compound `should` of the owner and `in` the ids) and the scope (a widened field: a
+    `should` of its value, null and not there) as filters inside the stage (they do not
+    score). The `text` operator takes the query as words, never as query syntax
+    (`queryString` would parse AND, quotes, fields)."""
     clauses = tenant_filter(  # the same checks as $vectorSearch
-        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids
-    )
+        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids,
+        agent_wide=agent_wide,
+    )  # fmt: skip
     search = {
         "index": index,
         "compound": {
@@ -176,9 +217,18 @@ def lexical_search_pipeline(
 
 def _search_clause(field: str, value: Any) -> dict[str, Any]:
     """One clause of tenant_filter as an Atlas Search operator: `$eq` -> equals, `$in` ->
-    in, `$or` -> compound should (one must match)."""
+    in, `$or` -> compound should (one must match); a widened field's `$in [value, null]`
+    -> a should of equals value, equals null (a null field) and mustNot exists (none)."""
     if field == "$or":
         should = [_search_clause(f, v) for part in value for f, v in part.items()]
+        return {"compound": {"should": should, "minimumShouldMatch": 1}}
+    if "$in" in value and None in value["$in"]:
+        [wanted] = [v for v in value["$in"] if v is not None]
+        should = [
+            {"equals": {"path": field, "value": wanted}},
+            {"equals": {"path": field, "value": None}},
+            {"compound": {"mustNot": [{"exists": {"path": field}}]}},
+        ]
         return {"compound": {"should": should, "minimumShouldMatch": 1}}
     if "$in" in value:
         return {"in": {"path": field, "value": list(value["$in"])}}
