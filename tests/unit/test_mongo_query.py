@@ -390,7 +390,7 @@ def test_agent_wide_widens_the_user_equality_to_the_agent_s_rows_in_every_query(
 
 
 def test_with_attached_ids_the_two_alternatives_are_anded_in_the_vector_filter() -> None:
-    attached = {"attached_field": KB, "attached_ids": ["kb-1", "kb-2"]}
+    attached: dict[str, Any] = {"attached_field": KB, "attached_ids": ["kb-1", "kb-2"]}
     boundary = tenant_filter("agent-1", (("user_id", "alice"),), **attached,
                              agent_wide="user_id")  # fmt: skip
     assert boundary == {**BOUNDARY, "user_id": {"$in": ["alice", None]}}
