@@ -15,6 +15,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,6 +299,18 @@ async def memorizz_store(
     await store.close()
 
 
+@asynccontextmanager
+async def serving(
+    mongo: WorkerSettings, store: MongoStore, embedder: TextEmbedder, settings: WorkerSettings
+) -> AsyncIterator[RetrievalClient]:
+    """A worker with `mongo`'s settings on memorizz's database, and a client on its queues."""
+    async with (
+        running_worker(mongo, embedder, store),
+        RetrievalClient(settings, timeout=30) as client,
+    ):
+        yield client
+
+
 async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
     settings: WorkerSettings,
     secantus: RestartableSecantus,
@@ -308,10 +321,7 @@ async def test_a_memorizz_database_is_served_as_memorizz_wrote_it(
     mongo, store = memorizz_store
     question = "where does my family live, and which seat do I like?"
     limits = {"conversation_memory": 2, "entity_memory": 1}
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         replies = {
             user: await client.retrieve(
                 question,
@@ -356,10 +366,7 @@ async def test_rows_memorizz_writes_without_memory_id_are_served_by_their_owner_
     mongo, store = memorizz_store
     question = "what do I know about the river, the bridge and my trip?"
     asks = [*OWNED_ELSEWHERE, ("shared", {"long_term_memory": 1}, "memory_id")]
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         replies = [await client.retrieve(question, owner, limits, weights=RELEVANCE_ONLY,
                                          search="vector")  # the oracle ranks by cosine
                    for owner, limits, _ in asks]  # fmt: skip
@@ -425,10 +432,7 @@ async def test_the_knowledge_base_is_searched_as_memorizz_searches_it(
         ({"knowledge_base": 6}, [wide, alice, bob], {"user_id": "alice"}),
         ({"knowledge_base": 4}, [bob], {"user_id": "alice"}),  # bob's chunks: bob's only
     ]
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         replies = await asyncio.gather(*(
             client.retrieve(question, "shared", limits, weights=RELEVANCE_ONLY, search="vector",
                             knowledge_base_ids=ids or None, filters=filters or None)
@@ -504,10 +508,7 @@ async def test_an_attached_knowledge_base_the_user_may_not_read_is_forbidden(
     policy.write_text(json.dumps({"users": {settings.amqp_user: grants}}))
     mongo = mongo.model_copy(update={"tenant_policy": str(policy)})
     limits = {"knowledge_base": 3}
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         allowed, refused = [
             await client.retrieve("river", "shared", limits, knowledge_base_ids=ids)
             for ids in ([KNOWLEDGE["alice"]], [KNOWLEDGE["alice"], KNOWLEDGE["bob"]])
@@ -567,10 +568,7 @@ async def test_agent_wide_rows_are_every_user_s_and_private_rows_their_owner_s(
     question = "how do I get around the river with my bike?"
     asks = [(user, wide, *ask) for user in TURNS for wide in (True, False)
             for ask in agent_wide_asks()]  # fmt: skip
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         replies = await client.retrieve_many([
             Query(question, owner, limits, weights=RELEVANCE_ONLY, search="vector",
                   filters={"user_id": user}, knowledge_base_ids=ids, agent_wide=wide)
@@ -609,10 +607,7 @@ async def test_the_lexical_side_scores_exactly_the_rows_memorizz_shows_the_user(
 ) -> None:
     mongo, store = memorizz_store
     asks = agent_wide_asks()
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         replies = await client.retrieve_many([
             Query("river bridge bike", owner, limits, weights=RELEVANCE_ONLY, search="lexical",
                   filters={"user_id": user}, knowledge_base_ids=ids, agent_wide=True)
@@ -644,10 +639,7 @@ async def test_a_policy_that_forbids_agent_wide_rows_refuses_a_request_that_wide
     policy.write_text(json.dumps({"users": {settings.amqp_user: rules}}))
     mongo = mongo.model_copy(update={"tenant_policy": str(policy)})
     alice = {"user_id": "alice"}
-    async with (
-        running_worker(mongo, served.embedder, store),
-        RetrievalClient(settings, timeout=30) as client,
-    ):
+    async with serving(mongo, store, served.embedder, settings) as client:
         widening, strict, nothing_to_widen = await client.retrieve_many([
             Query("river", "shared", limits, filters=alice, agent_wide=wide)
             for limits, wide in [({"knowledge_base": 3}, True), ({"knowledge_base": 3}, False),
