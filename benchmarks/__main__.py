@@ -60,6 +60,36 @@ def add_remote_embed(commands: argparse._SubParsersAction[argparse.ArgumentParse
     remote.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
 
 
+def agent_counts(text: str) -> tuple[int, ...]:
+    """Agents at once from "1,8,32": integers, each at least 1."""
+    try:
+        return batch_sizes(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"agents are integers >= 1: {text!r}") from None
+
+
+def positive(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1: {text!r}")
+    return value
+
+
+def add_agents(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agents = commands.add_parser(
+        "agents",
+        help="memorizz agents' context building, memorizz's retrieval vs RecallqProvider",
+    )
+    agents.add_argument("--quick", action="store_true", help="N = 1, 4, two turns (~1 minute)")
+    agents.add_argument("--agents", type=agent_counts, help="agents at once (default 1,8,32)")
+    agents.add_argument("--turns", type=positive, help="timed turns per agent (default 10)")
+    agents.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     parser = argparse.ArgumentParser(prog=prog)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +120,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     quality_cmd.add_argument("--quick", action="store_true", help="20 questions a conversation")
     add_gpu(commands)
     add_remote_embed(commands)
+    add_agents(commands)
     return dispatch(parser.parse_args(argv))
 
 
@@ -130,6 +161,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return remote_embed.main(
             args.quick, args.results, args.loads, args.latency_ms, args.calls_per_minute
         )
+    elif args.command == "agents":
+        from benchmarks import agents
+
+        return agents.main(args.quick, args.results, args.agents, args.turns)
     elif args.command == "chaos":
         from benchmarks import chaos
 
