@@ -35,7 +35,7 @@ QUERY = np.array([0.6, 0.8, 0.0], dtype=np.float32)
 
 
 def test_vector_search_is_first_with_the_tenant_filter_inside_the_stage() -> None:
-    pipeline = vector_search_pipeline("idx", QUERY, "agent:alice", 12, exact=False)
+    pipeline = vector_search_pipeline("idx", QUERY, tenant_filter("agent:alice"), 12, exact=False)
     assert list(pipeline[0]) == ["$vectorSearch"]
     stage = pipeline[0]["$vectorSearch"]
     assert stage["index"] == "idx"
@@ -50,7 +50,9 @@ def test_vector_search_is_first_with_the_tenant_filter_inside_the_stage() -> Non
 
 
 def test_the_projection_leaves_the_embedding_out_and_reads_the_score() -> None:
-    projection = vector_search_pipeline("idx", QUERY, "m", 5, exact=False)[1]["$project"]
+    projection = vector_search_pipeline("idx", QUERY, tenant_filter("m"), 5, exact=False)[1][
+        "$project"
+    ]
     assert "embedding" not in projection
     assert projection["score"] == {"$meta": "vectorSearchScore"}
     assert projection["content"] == 1 and projection["memory_id"] == 1
@@ -58,7 +60,9 @@ def test_the_projection_leaves_the_embedding_out_and_reads_the_score() -> None:
 
 
 def test_exact_mode_asks_for_enn_without_num_candidates() -> None:
-    stage = vector_search_pipeline("idx", QUERY, "m", 5, exact=True)[0]["$vectorSearch"]
+    stage = vector_search_pipeline("idx", QUERY, tenant_filter("m"), 5, exact=True)[0][
+        "$vectorSearch"
+    ]
     assert stage["exact"] is True
     assert "numCandidates" not in stage
 
@@ -134,7 +138,7 @@ def test_every_field_of_a_memory_is_read_from_a_document() -> None:
 def test_scope_filters_go_inside_the_vector_search_stage_beside_memory_id() -> None:
     scope = (("agent_id", "a1"), ("user_id", "alice"))
     [stage, _] = vector_search_pipeline(
-        "vector_index", np.ones(4), "m", 5, exact=False, scope=scope
+        "vector_index", np.ones(4), tenant_filter("m", scope), 5, exact=False
     )
     assert stage["$vectorSearch"]["index"] == "vector_index"
     assert stage["$vectorSearch"]["filter"] == {
@@ -163,8 +167,8 @@ def test_the_index_size_is_read_from_list_search_indexes_output() -> None:
 
 def test_an_owner_field_replaces_memory_id_and_a_scope_may_never_override_it() -> None:
     [stage, project] = vector_search_pipeline(
-        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=(("user_id", "alice"),),
-        owner_field="agent_id",
+        "vector_index", np.ones(4), tenant_filter("agent-1", (("user_id", "alice"),), "agent_id"),
+        5, exact=False, owner_field="agent_id",
     )  # fmt: skip
     assert stage["$vectorSearch"]["filter"] == {
         "agent_id": {"$eq": "agent-1"}, "user_id": {"$eq": "alice"},
@@ -182,8 +186,9 @@ def test_an_owner_field_replaces_memory_id_and_a_scope_may_never_override_it() -
 def test_the_atlas_lexical_pipeline_searches_the_owner_s_rows_only_and_takes_words() -> None:
     hostile = '"knee" AND content:* NEAR $where -pain \\u0000 {"$ne": null}'
     pipeline = lexical_search_pipeline(
-        "recallq_text", hostile, "alice", 20, scope=(("user_id", "u1"),), owner_field="agent_id"
-    )
+        "recallq_text", hostile, tenant_filter("alice", (("user_id", "u1"),), "agent_id"), 20,
+        owner_field="agent_id",
+    )  # fmt: skip
     search = pipeline[0]["$search"]  # $search must be the first stage
     assert list(pipeline[0]) == ["$search"] and search["index"] == "recallq_text"
     compound = search["compound"]
@@ -202,11 +207,9 @@ def test_the_atlas_lexical_pipeline_searches_the_owner_s_rows_only_and_takes_wor
 
 def test_the_atlas_lexical_pipeline_refuses_what_the_vector_one_refuses() -> None:
     with pytest.raises(TypeError):
-        lexical_search_pipeline(
-            "i", "q", "alice", 5, scope=(("agent_id", "bob"),), owner_field="agent_id"
-        )
+        tenant_filter("alice", (("agent_id", "bob"),), "agent_id")
     with pytest.raises(TypeError):
-        lexical_search_pipeline("i", "q", {"$ne": None}, 5)  # type: ignore[arg-type]
+        tenant_filter({"$ne": None})  # type: ignore[arg-type]
 
 
 def test_the_text_index_maps_text_stemmed_and_owners_as_tokens() -> None:
@@ -250,12 +253,13 @@ def test_attached_ids_widen_the_owner_with_memorizz_s_or_in_every_query() -> Non
     expected = {**BOUNDARY, "namespace": {"$eq": "travel"}, "user_id": {"$eq": "alice"}}
     assert tenant_filter("agent-1", scope, **attached) == expected  # the exact path's find
     [stage, project] = vector_search_pipeline(
-        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=scope, **attached
-    )
+        "vector_index", np.ones(4), tenant_filter("agent-1", scope, **attached), 5, exact=False,
+        attached_field=KB,
+    )  # fmt: skip
     assert stage["$vectorSearch"]["filter"] == expected
     assert project["$project"][KB] == 1 and project["$project"]["memory_id"] == 1
     [search, _, projected] = lexical_search_pipeline(
-        "recallq_text", "river", "agent-1", 7, scope=scope, **attached
+        "recallq_text", "river", tenant_filter("agent-1", scope, **attached), 7, attached_field=KB
     )
     assert search["$search"]["compound"]["filter"] == [
         {"compound": {"should": [
@@ -362,16 +366,17 @@ def test_agent_wide_widens_the_user_equality_to_the_agent_s_rows_in_every_query(
     assert found == {"agent_id": {"$eq": "agent-1"}, "namespace": {"$eq": "travel"},
                      "user_id": {"$in": ["alice", None]}}  # fmt: skip
     [stage, _] = vector_search_pipeline(
-        "vector_index", np.ones(4), "agent-1", 5, exact=False, scope=scope,
-        owner_field="agent_id", agent_wide="user_id",
+        "vector_index", np.ones(4),
+        tenant_filter("agent-1", scope, "agent_id", agent_wide="user_id"), 5, exact=False,
+        owner_field="agent_id",
     )  # fmt: skip
     # $vectorSearch filters on no null: the value, or no user_id in the index at all
     assert stage["$vectorSearch"]["filter"] == {
         **WIDE, "agent_id": {"$eq": "agent-1"}, "namespace": {"$eq": "travel"}
     }  # fmt: skip
     [search, _, _] = lexical_search_pipeline(
-        "recallq_text", "river", "agent-1", 7, scope=scope, owner_field="agent_id",
-        agent_wide="user_id",
+        "recallq_text", "river", tenant_filter("agent-1", scope, "agent_id", agent_wide="user_id"),
+        7, owner_field="agent_id",
     )  # fmt: skip
     assert search["$search"]["compound"]["filter"] == [
         {"equals": {"path": "agent_id", "value": "agent-1"}},
@@ -396,8 +401,8 @@ def test_with_attached_ids_the_two_alternatives_are_anded_in_the_vector_filter()
     assert boundary == {**BOUNDARY, "user_id": {"$in": ["alice", None]}}
     assert vector_filter(boundary) == {"$and": [{"$or": BOUNDARY["$or"]}, WIDE]}
     assert vector_filter(BOUNDARY) == BOUNDARY  # nothing widened: unchanged
-    [search, _, _] = lexical_search_pipeline("i", "q", "agent-1", 3, scope=(("user_id", "a"),),
-                                             **attached, agent_wide="user_id")  # fmt: skip
+    boundary = tenant_filter("agent-1", (("user_id", "a"),), **attached, agent_wide="user_id")
+    [search, _, _] = lexical_search_pipeline("i", "q", boundary, 3)
     should = [clause["compound"]["should"] for clause in search["$search"]["compound"]["filter"]]
     assert [len(parts) for parts in should] == [2, 3]  # owner or attached; user, null or none
 

@@ -220,11 +220,7 @@ class MongoStore:
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
         collection = self._db[group.collection]
         owner, attached_field = group.owner_field, group.attached_field
-        query = tenant_filter(
-            group.owner, group.filters, owner,
-            attached_field=attached_field, attached_ids=group.attached_ids,
-            agent_wide=group.agent_wide,
-        )  # fmt: skip
+        query = group_boundary(group)
         fields = projection(owner, embedding=True, attached_field=attached_field)
         timeout_ms = self._options.query_timeout_ms
 
@@ -245,13 +241,16 @@ class MongoStore:
         return score_group(memories, matrix, group, attached)
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
-        searches = [self._vector_query(group, row) for row in range(len(group.ks))]
+        boundary = group_boundary(group)
+        searches = [self._vector_query(group, boundary, row) for row in range(len(group.ks))]
         return list(await asyncio.gather(*searches))
 
     async def _hybrid_group(self, group: SearchGroup) -> GroupResult:
+        boundary = group_boundary(group)
+
         async def one(row: int) -> list[Candidate]:
-            vector = self._vector_query(group, row)
-            lexical = self._lexical_query(group, row)
+            vector = self._vector_query(group, boundary, row)
+            lexical = self._lexical_query(group, boundary, row)
             listed, found = await asyncio.gather(vector, lexical)
             return with_lexical(
                 listed, found, group.vectors[row], group.collection, group.owner_field,
@@ -260,7 +259,9 @@ class MongoStore:
 
         return list(await asyncio.gather(*(one(row) for row in range(len(group.ks)))))
 
-    async def _lexical_query(self, group: SearchGroup, row: int) -> list[dict[str, Any]]:
+    async def _lexical_query(
+        self, group: SearchGroup, boundary: dict[str, Any], row: int
+    ) -> list[dict[str, Any]]:
         """$search's BM25 list for one query (Atlas's statistics are the collection's, not
         the owner's as in the worker's own index)."""
         if not group.lexical_k(row):
@@ -268,13 +269,10 @@ class MongoStore:
         pipeline = lexical_search_pipeline(
             TEXT_INDEX,
             group.queries[row],
-            group.owner,
+            boundary,
             group.lexical_k(row),
-            scope=group.filters,
             owner_field=group.owner_field,
             attached_field=group.attached_field,
-            attached_ids=group.attached_ids,
-            agent_wide=group.agent_wide,
         )
         return await self._aggregate(group.collection, pipeline)
 
@@ -289,18 +287,17 @@ class MongoStore:
 
         return await self._guarded(run)
 
-    async def _vector_query(self, group: SearchGroup, row: int) -> list[Candidate]:
+    async def _vector_query(
+        self, group: SearchGroup, boundary: dict[str, Any], row: int
+    ) -> list[Candidate]:
         pipeline = vector_search_pipeline(
             self._options.vector_index,
             group.vectors[row],
-            group.owner,
+            boundary,
             group.ks[row],
             exact=self._options.vector_exact,
-            scope=group.filters,
             owner_field=group.owner_field,
             attached_field=group.attached_field,
-            attached_ids=group.attached_ids,
-            agent_wide=group.agent_wide,
         )
         found = await self._aggregate(group.collection, pipeline) if group.ks[row] else []
         return [
@@ -420,3 +417,13 @@ def _short(exc: PyMongoError) -> str:
 
 class _NoVectorSearch(StoreUnavailable):
     """The server has no Atlas Search: use exact search."""
+
+
+def group_boundary(group: SearchGroup) -> dict[str, Any]:
+    """The group's tenant filter (owner, attached ids, scope): built once per group and
+    used alike by find, $vectorSearch and $search."""
+    return tenant_filter(
+        group.owner, group.filters, group.owner_field,
+        attached_field=group.attached_field, attached_ids=group.attached_ids,
+        agent_wide=group.agent_wide,
+    )  # fmt: skip

@@ -126,22 +126,15 @@ def num_candidates(limit: int) -> int:
 def vector_search_pipeline(
     index: str,
     query: Vectors,
-    memory_id: str,
+    boundary: dict[str, Any],
     limit: int,
     *,
     exact: bool,
-    scope: Sequence[tuple[str, str]] = (),
     owner_field: str = "memory_id",
     attached_field: str | None = None,
-    attached_ids: Sequence[str] = (),
-    agent_wide: str | None = None,
 ) -> list[dict[str, Any]]:
-    """$vectorSearch first, the tenant filter inside the stage ($or, $in, $exists are
-    allowed there), the embedding left out."""
-    boundary = tenant_filter(
-        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids,
-        agent_wide=agent_wide,
-    )  # fmt: skip
+    """$vectorSearch first, the group's tenant_filter `boundary` inside the stage ($or,
+    $in, $exists are allowed there), the embedding left out."""
     stage: dict[str, Any] = {
         "index": index,
         "path": "embedding",
@@ -185,29 +178,22 @@ def text_index_definition(filter_fields: Iterable[str] = ()) -> dict[str, Any]:
 def lexical_search_pipeline(
     index: str,
     text: str,
-    memory_id: str,
+    boundary: dict[str, Any],
     limit: int,
     *,
-    scope: Sequence[tuple[str, str]] = (),
     owner_field: str = "memory_id",
     attached_field: str | None = None,
-    attached_ids: Sequence[str] = (),
-    agent_wide: str | None = None,
 ) -> list[dict[str, Any]]:
-    """$search first, BM25 over the text fields; the owner (or, with attached ids, a
-    compound `should` of the owner and `in` the ids) and the scope (a widened field: a
-    `should` of its value, null and not there) as filters inside the stage (they do not
-    score). The `text` operator takes the query as words, never as query syntax
-    (`queryString` would parse AND, quotes, fields)."""
-    clauses = tenant_filter(  # the same checks as $vectorSearch
-        memory_id, scope, owner_field, attached_field=attached_field, attached_ids=attached_ids,
-        agent_wide=agent_wide,
-    )  # fmt: skip
+    """$search first, BM25 over the text fields; the group's tenant_filter `boundary`
+    (the owner, or with attached ids a compound `should` of the owner and `in` the ids;
+    the scope, a widened field as a `should` of its value, null and not there) as
+    filters inside the stage (they do not score). The `text` operator takes the query as
+    words, never as query syntax (`queryString` would parse AND, quotes, fields)."""
     search = {
         "index": index,
         "compound": {
             "must": [{"text": {"query": text, "path": list(TEXT_PATHS)}}],
-            "filter": [_search_clause(f, v) for f, v in clauses.items()],
+            "filter": [_search_clause(f, v) for f, v in boundary.items()],
         },
     }
     fields = projection(owner_field, embedding=True, attached_field=attached_field)
