@@ -188,6 +188,8 @@ def _export(settings: WorkerSettings) -> None:
 async def _ingest(settings: WorkerSettings, path: Path, batch_size: int) -> int:
     async with _opened(settings, writable=True) as (embedder, store):
         report = await ingest_file(path, store, embedder, batch_size=batch_size)
+        if isinstance(store, SQLiteStore):  # its large groups' vector files, fresh
+            await store.ensure_indexes()
     for number, error in report.bad_lines:
         print(f"{path}:{number}: skipped: {error}", file=sys.stderr)
     print(f"stored {report.stored} memories, skipped {len(report.bad_lines)} bad lines")

@@ -242,6 +242,18 @@ class WorkerSettings(BrokerSettings):
         ge=0,
         description="Embedded store: MiB of loaded (type, memory_id) groups kept; LRU beyond.",
     )
+    sqlite_index_min_rows: int = Field(
+        default=20_000,
+        ge=0,
+        description="Embedded store: a (type, memory_id) group of at least this many "
+        "memories gets a memory-mapped vector file and an HNSW index, written by ingest and "
+        "init; 0 = none (every group is loaded into the cache).",
+    )
+    sqlite_search: Literal["auto", "exact"] = Field(
+        default="auto",
+        description="Embedded store, groups with a vector file: auto = HNSW candidates "
+        "re-scored exactly, where the index passed its recall check; exact = every row scored.",
+    )
     store_profile: Literal["recallq", "memorizz"] = Field(
         default="recallq",
         description="Memory types served and their collections: recallq (what recallq "
@@ -270,6 +282,12 @@ class WorkerSettings(BrokerSettings):
     )
     mongo_vector_exact: bool = Field(
         default=False, description="Ask $vectorSearch for exact (ENN) instead of approximate."
+    )
+    mongo_exact_max_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="MongoDB exact mode: the most rows one search group may fetch; a larger "
+        "owner is answered with an error that says to use vector mode (Atlas).",
     )
     mongo_vector_index: str = Field(
         default="recallq_vector",

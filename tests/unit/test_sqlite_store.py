@@ -120,7 +120,7 @@ async def test_group_lookup_uses_the_owner_index(store: SQLiteStore) -> None:
     """A plan on the primary key would scan every memory of the type (12x slower at 60k)."""
     import sqlite3
 
-    from worker.store.sqlite import GROUP_QUERY
+    from worker.store.sqlite_rows import GROUP_QUERY
 
     await store.ensure_indexes()
     connection = sqlite3.connect(store.path)

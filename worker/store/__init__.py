@@ -49,6 +49,8 @@ def open_store(
             cache_bytes=cache_bytes,
             dimensions=dimensions,
             model=model_label(settings),
+            index_min_rows=settings.sqlite_index_min_rows,
+            search=settings.sqlite_search,
         )
     scheme = urlparse(settings.store_url).scheme
     if scheme in ("mongodb", "mongodb+srv"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,18 @@ class SearchGroup:
 
 GroupResult = list[list[Candidate]]  # per query of the group, best first
 
+SearchPaths = Counter[str]
+"""Groups searched, per path taken: what `recallq_store_searches_total{path}` counts.
+
+Embedded store: `cache` (exact, the group in memory), `load` (exact, loaded from the rows
+and kept), `oversize` (loaded for this batch alone: larger than the whole cache),
+`vector_file` (exact over a large group's memory-mapped vector file), `approximate`
+(HNSW candidates re-scored exactly), `unindexed` (a large group whose vector file is
+missing, stale or damaged: loaded from the rows). MongoDB: `exact`, `vector`, `hybrid`,
+`too_large` (exact mode refused a group over RECALLQ_MONGO_EXACT_MAX_ROWS). `oversize`,
+`unindexed` and `too_large` are the slow or refused paths: each also logs a warning."""
+SLOW_PATHS = frozenset({"oversize", "unindexed", "too_large"})
+
 
 class MemoryStore(Protocol):
     # Called with (collection, rows) when a search skipped rows without an embedding
@@ -89,6 +102,10 @@ class MemoryStore(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def search_paths(self) -> SearchPaths:
+        """Groups searched so far, per path (SearchPaths names them); a live counter."""
+        ...
 
     def cache_stats(self) -> GroupCacheStats | None:
         """The store's group cache, for the metrics; None for a store without one."""

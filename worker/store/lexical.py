@@ -16,11 +16,13 @@ BM25 weights: a query is a sum of a few columns) and cached with the group:
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -34,6 +36,7 @@ Scores = npt.NDArray[np.float32]
 DIGITS = re.compile(r"(\d+)")
 WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 TOKEN_BYTES = 24  # a sparse entry (value + index) and its share of the vocabulary
+SETTINGS_FILE = "lexical.json"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,28 @@ class LexicalIndex:
             arrays = self._bm25.scores.values()
             self.nbytes = sum(getattr(a, "nbytes", 0) for a in arrays)
             self.nbytes += TOKEN_BYTES * len(self._vocabulary)
+
+    def save(self, directory: Path) -> None:
+        """Write the index (bm25s's arrays, vocabulary and parameters, and the settings the
+        documents were made with) into `directory`, for a large group's vector file."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.size:
+            self._bm25.save(str(directory), show_progress=False)
+        fields = {**asdict(self.settings), "size": self.size}
+        (directory / SETTINGS_FILE).write_text(json.dumps(fields))
+
+    @classmethod
+    def load(cls, directory: Path) -> LexicalIndex:
+        """An index `save` wrote, its arrays memory-mapped (paged in as queries touch them)."""
+        fields = json.loads((directory / SETTINGS_FILE).read_text())
+        size = fields.pop("size")
+        index = cls((), LexicalSettings(**fields))
+        index.size = size
+        if size:
+            index._bm25 = bm25s.BM25.load(str(directory), mmap=True, show_progress=False)
+            index._vocabulary = set(index._bm25.vocab_dict)
+            index.nbytes = TOKEN_BYTES * len(index._vocabulary)  # the arrays: page cache
+        return index
 
     @classmethod
     def of(cls, memories: Sequence[Memory], settings: LexicalSettings = DEFAULT) -> LexicalIndex:

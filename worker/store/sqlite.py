@@ -23,22 +23,22 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 import structlog
 
 from worker.errors import ConfigError, StoreUnavailable
-from worker.store.base import GroupResult, Memory, SearchGroup, Vectors
+from worker.store.base import GroupResult, Memory, SearchGroup, SearchPaths, Vectors
 from worker.store.exact import Found, candidate, dimension_mismatch, search_group
 from worker.store.group_cache import GroupCache, GroupCacheStats
+from worker.store.large_groups import LargeGroups
 from worker.store.lexical import LexicalIndex
 from worker.store.sqlite_file import (
-    COLUMNS,
     JSON_COLUMNS,
     MEMORY_COLUMNS,
     Identity,
@@ -47,28 +47,25 @@ from worker.store.sqlite_file import (
     open_for_reading,
     open_for_writing,
 )
+from worker.store.sqlite_rows import ROWS_PER_QUERY, RowIds, load_group, write_rows
+from worker.store.vector_files import vectors_root
 from worker.threads import single_thread
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-COLUMN_LIST = ", ".join(COLUMNS)
-PLACEHOLDERS = ",".join("?" * len(COLUMNS))
 
-# No ORDER BY: with one, SQLite walks the primary key and scans the whole memory type.
-GROUP_QUERY = "SELECT rowid, embedding FROM memories WHERE memory_type = ? AND memory_id = ?"
 TEXT_QUERY = (
     "SELECT rowid, id, content, summary_content, timestamp FROM memories "
     "WHERE memory_type = ? AND memory_id = ?"
 )
 ROWS_QUERY = "SELECT rowid, " + ", ".join(MEMORY_COLUMNS) + " FROM memories WHERE rowid IN ({})"
 SIZES_QUERY = "SELECT DISTINCT length(embedding) FROM (SELECT embedding FROM memories LIMIT 1000)"
-ROWS_PER_QUERY = 500  # well under SQLite's bound on variables per statement
 JSON_INDEXES = tuple(MEMORY_COLUMNS.index(name) for name in JSON_COLUMNS)
 
-RowIds = npt.NDArray[np.int64]
 GROUP_OVERHEAD_BYTES = 400  # the key, the tuple and two array headers
 DEFAULT_CACHE_BYTES = 512 * 2**20
+DEFAULT_INDEX_MIN_ROWS = 20_000
 NOT_OPENED: Identity = (0, 0)
 
 
@@ -85,9 +82,13 @@ class SQLiteStore:
         busy_timeout_s: float = 5.0,
         dimensions: int = 0,
         model: str = "",
+        index_min_rows: int = DEFAULT_INDEX_MIN_ROWS,
+        search: Literal["auto", "exact"] = "auto",
     ) -> None:
         """`dimensions` and `model`: the embedder's, checked against the stored embeddings
-        when the worker starts (0: not checked)."""
+        when the worker starts (0: not checked). `index_min_rows`: groups this large get a
+        vector file (the writer builds it; a reader warns where one is missing); `search`:
+        auto = their HNSW candidates re-scored, exact = every row scored."""
         self.path = path
         self._dimensions = dimensions
         self._model = model
@@ -103,6 +104,7 @@ class SQLiteStore:
         self.on_skipped: Callable[[str, int], None] = lambda collection, rows: None
         self._problem: str | None = None  # what the last failed call found, logged once
         self._closed = False
+        self._files = LargeGroups(vectors_root(path), index_min_rows, search)
 
     async def connect(self) -> None:
         """Open the file; ConfigError in one line when its embeddings are not the
@@ -111,6 +113,8 @@ class SQLiteStore:
         if self._dimensions and sizes - {self._dimensions}:
             found = {"memories": sorted(sizes)}
             raise ConfigError(dimension_mismatch(found, self._dimensions, self._model))
+        if not self.writable:  # map and verify every vector file now, not in a request
+            await self._run(lambda: self._files.open_all(self._current_connection()))
 
     async def check(self) -> None:
         """Is the file at the path still the store (or a store again)? Cheap: one stat,
@@ -125,14 +129,22 @@ class SQLiteStore:
         await self._run(lambda: self._write(rows))
 
     async def ensure_indexes(self) -> None:
-        await self._run(self._current_connection)
+        """A writer also builds the vector file of every large group that has none, or a
+        stale or damaged one (ingest calls this when it has written)."""
+        conn = await self._run(self._current_connection)
+        if self.writable:
+            await self._run(lambda: self._files.build_all(conn))
 
     def describe(self) -> dict[str, Any]:
         access = "read-write" if self.writable else "read-only"
-        return {"store": "sqlite", "path": str(self.path), "mode": "exact", "access": access}
+        return {"store": "sqlite", "path": str(self.path), "access": access,
+                **self._files.describe()}  # fmt: skip
 
     def cache_stats(self) -> GroupCacheStats:
         return self.cache.stats
+
+    def search_paths(self) -> SearchPaths:
+        return self._files.paths
 
     async def close(self) -> None:
         """Close the file (a writer empties its WAL first); a second close does nothing."""
@@ -199,6 +211,7 @@ class SQLiteStore:
     def _close(self) -> None:
         """Close the connection and forget what it loaded (the next call reopens)."""
         self.cache.clear()
+        self._files.forget()
         self._data_version = -1
         conn, self._conn = self._conn, None
         if conn is None:
@@ -211,9 +224,7 @@ class SQLiteStore:
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._current_connection()
         with conn:
-            conn.executemany(
-                f"INSERT OR REPLACE INTO memories ({COLUMN_LIST}) VALUES ({PLACEHOLDERS})", rows
-            )
+            write_rows(conn, rows)
         self.cache.clear()
 
     def _search_groups(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
@@ -237,22 +248,40 @@ class SQLiteStore:
     def _score(
         self, conn: sqlite3.Connection, group: SearchGroup
     ) -> tuple[RowIds, list[list[Found]]]:
-        cached = self._group(conn, group.collection, group.owner)
+        """A large group's vector file where it has a usable one, else the cached rows."""
+        served, counted = self._files.search(conn, group)
+        if served is not None:
+            return served
+        cached = self._group(conn, group.collection, group.owner, count=not counted)
         if any(group.lexical_ks) and cached.lexical is None:
             cached.lexical = _lexical_index(conn, group, cached.ids)
             self.cache.put((group.collection, group.owner), cached, cached.nbytes)
         return cached.ids, search_group(cached.matrix, cached.lexical, group)
 
-    def _group(self, conn: sqlite3.Connection, collection: str, owner: str) -> Group:
+    def _group(
+        self, conn: sqlite3.Connection, collection: str, owner: str, *, count: bool
+    ) -> Group:
+        """The group's rows from the cache, or loaded (and kept where they fit); `count`:
+        count the path taken (false where the group was counted already)."""
         key = (collection, owner)
+        paths: SearchPaths = self._files.paths if count else Counter()
         cached = self.cache.get(key)
         if cached is not None:
+            paths["cache"] += 1
             return cached
-        rows = conn.execute(GROUP_QUERY, (collection, owner)).fetchall()
-        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        blobs = b"".join([row[1] for row in rows])
-        matrix = np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1) if rows else EMPTY
+        ids, matrix = load_group(conn, collection, owner)
         group = Group(ids, matrix)
+        if group.nbytes > self.cache.max_bytes:
+            paths["oversize"] += 1
+            self._files.warn_once(
+                key, "oversize", "group larger than the whole group cache: loaded from the "
+                "rows for every batch; raise RECALLQ_SQLITE_CACHE_MB, or lower "
+                "RECALLQ_SQLITE_INDEX_MIN_ROWS and run `recallq worker init`",
+                rows=len(ids), mib=round(group.nbytes / 2**20),
+                cache_mib=self.cache.max_bytes >> 20,
+            )  # fmt: skip
+        else:
+            paths["load"] += 1
         self.cache.put(key, group, group.nbytes)
         return group
 
@@ -291,9 +320,6 @@ def _fetch_memories(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Me
         for row in conn.execute(query, chunk):
             memories[row[0]] = _memory(row[1:])
     return memories
-
-
-EMPTY = np.zeros((0, 0), dtype=np.float32)
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:

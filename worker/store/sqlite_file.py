@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import structlog
@@ -27,9 +28,11 @@ from worker.errors import StoreUnavailable
 log = structlog.get_logger(__name__)
 
 APPLICATION_ID = 0x72636C71  # "rclq"
-# 1: the first marked stores; 2: last_accessed. A writer (ingest, init) migrates an
-# older store, or an unmarked one (its columns are version 1's), in one transaction.
-SCHEMA_VERSION = 2
+# 1: the first marked stores; 2: last_accessed; 3: the groups table (each (type, memory_id)
+# group's size and the rowid its vector file holds rows through) and the store's id. A
+# writer (ingest, init) migrates an older store, or an unmarked one (its columns are
+# version 1's), in one transaction.
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 
@@ -57,6 +60,19 @@ SCHEMA_STATEMENTS = (
     + ",\n    ".join([*COLUMN_DEFINITIONS.values(), "embedding BLOB NOT NULL"])
     + ",\n    PRIMARY KEY (memory_type, id)\n)",
     "CREATE INDEX IF NOT EXISTS memories_by_owner ON memories (memory_type, memory_id)",
+    # Kept by the writer in the transaction that writes the rows: a reader learns a group's
+    # size, and whether a vector file serves it, from one lookup.
+    "CREATE TABLE IF NOT EXISTS groups (\n    memory_type TEXT NOT NULL,\n"
+    "    memory_id TEXT NOT NULL,\n    size INTEGER NOT NULL,\n"
+    "    indexed_through INTEGER,\n    PRIMARY KEY (memory_type, memory_id)\n) WITHOUT ROWID",
+    # store_id: the random id a vector file names its store by, so that a file renamed in
+    # at the path never meets another store's vector files.
+    "CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+TABLES = ("memories", "groups", "store_info")
+FILL_GROUPS = (
+    "INSERT OR REPLACE INTO groups (memory_type, memory_id, size) "
+    "SELECT memory_type, memory_id, count(*) FROM memories GROUP BY memory_type, memory_id"
 )
 SCHEMA = "".join(f"{statement};\n" for statement in SCHEMA_STATEMENTS)
 
@@ -175,6 +191,12 @@ def _mark(conn: sqlite3.Connection, path: Path, *, created: bool) -> None:
         for name, added in ADDED_IN.items():
             if added > version and name not in present:
                 conn.execute(f"ALTER TABLE memories ADD COLUMN {COLUMN_DEFINITIONS[name]}")
+        if version < 3:  # the groups table was just made: count what the store holds
+            conn.execute(FILL_GROUPS)
+        conn.execute(
+            "INSERT OR IGNORE INTO store_info (key, value) VALUES ('store_id', ?)",
+            (uuid.uuid4().hex,),
+        )
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.commit()
@@ -224,10 +246,12 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     """What SQLite reads (through the WAL) must be the store the header promised."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     missing = set(COLUMNS) - _columns(conn)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing |= {f"table {name}" for name in TABLES if name not in tables}
     if version != SCHEMA_VERSION or missing:
         raise StoreUnavailable(
             f"sqlite {path} is marked as a recallq store but reads as schema {version}"
-            + (f" without columns {sorted(missing)}" if missing else "")
+            + (f" without {sorted(missing)}" if missing else "")
         )
 
 
@@ -262,3 +286,11 @@ def _make_directory(directory: Path) -> None:
         raise StoreUnavailable(
             f"sqlite: cannot create the directory {directory} ({exc.strerror})"
         ) from None
+
+
+def store_id(conn: sqlite3.Connection) -> str:
+    """The store's random id (schema 3), which its vector files carry."""
+    row = conn.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()
+    if row is None:
+        raise StoreUnavailable("sqlite store has no store_id: run `recallq worker init`")
+    return str(row[0])

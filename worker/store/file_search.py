@@ -1,0 +1,156 @@
+"""Searching a large group: its vector file's candidates, plus the rows written since
+the file was built (the delta, scored exactly), less the rows gone since.
+
+The lists come out as the exact search's do (worker.store.exact): per query, its best
+`ks[i]` by cosine, then its best `lexical_ks[i]` by BM25 that the first list lacks,
+each with both scores and its ranks. Every candidate's rowid is checked against the
+group's rows in the search's own read transaction before it is ranked, so nothing an
+index holds (a row replaced since, a damaged entry) is ever served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.store.base import SearchGroup, Vectors
+from worker.store.exact import Found, check_dimensions
+from worker.store.vector_files import RowIds, VectorFile
+
+Present = Callable[[Iterable[int]], set[int]]
+"""The rowids, of those given, that are rows of the group now."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The group's rows written after its vector file's `through`, in rowid order."""
+
+    rowids: RowIds
+    matrix: Vectors
+
+
+@dataclass
+class _Listed:
+    """One query's candidates before the rowid check: rowid → (cosine, BM25)."""
+
+    cosine: dict[int, float]
+    bm25: dict[int, float]
+
+
+def search_file(
+    file: VectorFile,
+    delta: Delta,
+    group: SearchGroup,
+    *,
+    approximate: bool,
+    spare: int,
+    present: Present,
+) -> tuple[RowIds, list[list[Found]]]:
+    """Every query's candidates: (rowids, per query its Found lists indexing them).
+    `spare`: rows of the file gone since it was built; each list asks for that many more,
+    so that dropping them still leaves its full count."""
+    check_dimensions(file.matrix, group.vectors)
+    exact = None if approximate or not any(group.ks) else group.vectors @ file.matrix.T
+    listed = [
+        _listed(file, delta, group, query, spare, None if exact is None else exact[query])
+        for query in range(len(group.ks))
+    ]
+    alive = present({rowid for one in listed for rowid in (*one.cosine, *one.bm25)})
+    ranked = [_ranked(one, alive, group, query) for query, one in enumerate(listed)]
+    ids = sorted({rowid for lists in ranked for rowid, *_ in lists})
+    slot = {rowid: index for index, rowid in enumerate(ids)}
+    found: list[list[Found]] = [
+        [(slot[rowid], cosine, vector_rank, bm25, lexical_rank)
+         for rowid, cosine, vector_rank, bm25, lexical_rank in lists]
+        for lists in ranked
+    ]  # fmt: skip
+    return np.asarray(ids, dtype=np.int64), found
+
+
+def _listed(
+    file: VectorFile,
+    delta: Delta,
+    group: SearchGroup,
+    query: int,
+    spare: int,
+    exact: npt.NDArray[np.float32] | None,
+) -> _Listed:
+    """A query's over-asked candidates: vector ones from the file (every row scored, or the
+    index's) and the delta, lexical ones from the file's lexical index."""
+    vector = group.vectors[query]
+    k, lexical_k = group.ks[query], group.lexical_k(query)
+    cosine: dict[int, float] = {}
+    if k:
+        positions = (
+            file.candidates(vector, k + spare, approximate=True)
+            if exact is None
+            else _top(exact, k + spare)
+        )
+        cosine.update(_scored(file, positions, vector))
+        if len(delta.rowids):
+            cosines = (delta.matrix @ vector).tolist()
+            cosine.update(zip(delta.rowids.tolist(), cosines, strict=True))
+    bm25: dict[int, float] = {}
+    if lexical_k:
+        scores = file.lexical.scores(group.queries[query])
+        words = [p for p in _top(scores, lexical_k + spare) if scores[p] > 0]
+        cosine.update(
+            {r: c for r, c in _scored(file, np.asarray(words), vector) if r not in cosine}
+        )
+        in_file = {int(r): float(scores[p]) for p, r in zip(words, file.rowids[words], strict=True)}
+        bm25 = {r: in_file[r] if r in in_file else _bm25_of(file, r, scores) for r in cosine}
+    return _Listed(cosine, bm25)
+
+
+def _ranked(
+    one: _Listed, alive: set[int], group: SearchGroup, query: int
+) -> list[tuple[int, float, int | None, float | None, int | None]]:
+    """The query's lists among rows that exist, cut to size and ranked, as Found with the
+    rowid in place of the row index."""
+    vector = _best({r: c for r, c in one.cosine.items() if r in alive}, group.ks[query])
+    words = _best(
+        {r: s for r, s in one.bm25.items() if r in alive and s > 0}, group.lexical_k(query)
+    )
+    vector_rank = {rowid: rank for rank, rowid in enumerate(vector, start=1)}
+    lexical_rank = {rowid: rank for rank, rowid in enumerate(words, start=1)}
+    lexical = bool(group.lexical_k(query))
+    union = vector + [rowid for rowid in words if rowid not in vector_rank]
+    return [
+        (rowid, one.cosine[rowid], vector_rank.get(rowid),
+         one.bm25.get(rowid, 0.0) if lexical else None, lexical_rank.get(rowid))
+        for rowid in union
+    ]  # fmt: skip
+
+
+def _best(scores: dict[int, float], k: int) -> list[int]:
+    """The `k` best rowids by score, ties to the smaller rowid (the exact path's order)."""
+    return sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
+
+
+def _scored(
+    file: VectorFile, positions: npt.NDArray[np.intp], vector: Vectors
+) -> Iterable[tuple[int, float]]:
+    """(rowid, exact cosine) of file rows, from the float32 vectors."""
+    if not len(positions):
+        return []
+    positions = np.sort(positions)  # mapped pages in file order
+    cosines = file.matrix[positions] @ vector
+    return zip(file.rowids[positions].tolist(), cosines.tolist(), strict=True)
+
+
+def _bm25_of(file: VectorFile, rowid: int, scores: npt.NDArray[np.float32]) -> float:
+    """A vector candidate's BM25: its file row's score; a delta row has none yet (0)."""
+    position = int(np.searchsorted(file.rowids, rowid))
+    if position < len(file.rowids) and file.rowids[position] == rowid:
+        return float(scores[position])
+    return 0.0
+
+
+def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
+    count = min(count, scores.shape[0])
+    if count <= 0:
+        return np.zeros(0, dtype=np.intp)
+    return np.argpartition(-scores, count - 1)[:count]
