@@ -266,3 +266,51 @@ async def test_untrusted_index_scores_every_row(
     assert serving.search_paths() == {"vector_file": 1}
     await serving.close()
     shutil.rmtree(vectors_root(path))
+
+
+async def test_a_file_far_behind_its_rows_is_counted_and_still_exact(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """As many rows written since the build as a large group holds: served correctly (the
+    rows are scored beside the file) and counted as the slow path `behind`."""
+    path = tmp_path / "m.db"
+    first, later = clustered(rng, 2000), clustered(rng, MIN_ROWS)
+    await write(path, "alice", first)
+    await write(path, "alice", later, start=len(first), build=False)
+    store = reader(path, "exact")
+    await store.connect()
+    query = clustered(rng, 1)
+    [listed] = await search(store, query)
+    both = np.vstack([first, later])
+    ids = [f"m{i}" for i in range(len(both))]
+    assert [i for i, _ in listed] == oracle(ids, both, query[0])
+    assert store.search_paths() == {"behind": 1}
+    await store.close()
+
+
+async def test_an_upsert_extends_the_build_and_a_search_skips_its_dead_slots(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The next build keeps the last one's positions (its HNSW graph, updated): rows
+    replaced since become dead slots, new rows are appended; both modes still answer as
+    the oracle over the rows as they are now."""
+    path = tmp_path / "m.db"
+    first = clustered(rng, 2000)
+    await write(path, "alice", first)
+    replaced, added = clustered(rng, 10), clustered(rng, 100)
+    await write(path, "alice", replaced, start=0, build=False)  # m0..m9: new vectors
+    await write(path, "alice", added, start=2000)  # m2000..m2099, then the build
+    [build] = list(group_directory(vectors_root(path), TYPE, "alice").iterdir())
+    info = vector_files.read_build(build)
+    assert (info.rows, info.slots, info.dead) == (2100, 2110, 10)
+    now = np.vstack([replaced, first[10:], added])
+    ids = [f"m{i}" for i in range(2100)]
+    queries = np.vstack([replaced[:3], added[:3], clustered(rng, 4)])
+    for mode in ("exact", "auto"):
+        store = reader(path, mode)
+        await store.connect()
+        for query, listed in zip(queries, await search(store, queries), strict=True):
+            got = [i for i, _ in listed]
+            expected = oracle(ids, now, query)
+            assert got == expected if mode == "exact" else len(set(got) & set(expected)) >= 9
+        await store.close()

@@ -65,11 +65,13 @@ SearchPaths = Counter[str]
 Embedded store: `cache` (exact, the group in memory), `load` (exact, loaded from the rows
 and kept), `oversize` (loaded for this batch alone: larger than the whole cache),
 `vector_file` (exact over a large group's memory-mapped vector file), `approximate`
-(HNSW candidates re-scored exactly), `unindexed` (a large group whose vector file is
-missing, stale or damaged: loaded from the rows). MongoDB: `exact`, `vector`, `hybrid`,
-`too_large` (exact mode refused a group over RECALLQ_MONGO_EXACT_MAX_ROWS). `oversize`,
-`unindexed` and `too_large` are the slow or refused paths: each also logs a warning."""
-SLOW_PATHS = frozenset({"oversize", "unindexed", "too_large"})
+(HNSW candidates re-scored exactly), `behind` (a vector file with as many rows written
+since it was built as a large group holds: those are loaded each batch), `unindexed` (a
+large group whose vector file is missing, stale or damaged: loaded from the rows).
+MongoDB: `exact`, `vector`, `hybrid`, `too_large` (exact mode refused a group over
+RECALLQ_MONGO_EXACT_MAX_ROWS). `oversize`, `behind`, `unindexed` and `too_large` are the
+slow or refused paths: each also logs a warning, once per group."""
+SLOW_PATHS = frozenset({"oversize", "behind", "unindexed", "too_large"})
 
 
 class MemoryStore(Protocol):

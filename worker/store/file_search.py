@@ -143,10 +143,8 @@ def _scored(
 
 def _bm25_of(file: VectorFile, rowid: int, scores: npt.NDArray[np.float32]) -> float:
     """A vector candidate's BM25: its file row's score; a delta row has none yet (0)."""
-    position = int(np.searchsorted(file.rowids, rowid))
-    if position < len(file.rowids) and file.rowids[position] == rowid:
-        return float(scores[position])
-    return 0.0
+    position = file.position(rowid)
+    return 0.0 if position is None else float(scores[position])
 
 
 def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:

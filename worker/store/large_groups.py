@@ -26,8 +26,11 @@ from worker.store.sqlite_file import store_id
 from worker.store.sqlite_rows import group_size, load_delta, load_for_build, present
 from worker.store.vector_files import (
     Damaged,
+    GroupRows,
     RowIds,
+    Slots,
     VectorFile,
+    extend,
     group_directory,
     read_build,
     remove_older,
@@ -40,6 +43,7 @@ MAX_SPARE = 10_000  # rows replaced since a build that a search still over-asks 
 INDEXED = "SELECT memory_type, memory_id, indexed_through FROM groups WHERE indexed_through > 0"
 LARGE = "SELECT memory_type, memory_id, size, indexed_through FROM groups WHERE size >= ?"
 LARGEST = "SELECT max(rowid) FROM memories WHERE memory_type = ? AND memory_id = ?"
+SIZE_OF = "SELECT indexed_through FROM groups WHERE memory_type = ? AND memory_id = ?"
 MARK = "UPDATE groups SET indexed_through = ? WHERE memory_type = ? AND memory_id = ?"
 UNREADABLE = (Damaged, OSError, ValueError, RuntimeError)  # what a bad file raises
 
@@ -79,17 +83,30 @@ class LargeGroups:
             self._unindexed(key, reason, size)
             return None, True
         ids, matrix = load_delta(conn, *key, file.info.through)
-        spare = file.info.rows + len(ids) - size
-        if not 0 <= spare <= MAX_SPARE:
-            self._unindexed(key, f"{spare} rows replaced since its vector file", size)
+        gone = file.info.rows + len(ids) - size  # rows of the file replaced since
+        if not 0 <= gone <= MAX_SPARE:
+            self._unindexed(key, f"{gone} rows replaced since its vector file", size)
             return None, True
         approximate = self.mode == "auto" and file.index is not None
-        self.paths["approximate" if approximate else "vector_file"] += 1
+        self.paths[self._path(key, approximate, len(ids))] += 1
         found = search_file(
-            file, Delta(ids, matrix), group, approximate=approximate, spare=spare,
+            file, Delta(ids, matrix), group, approximate=approximate,
+            spare=gone + file.info.dead,
             present=lambda rowids: present(conn, *key, rowids),
         )  # fmt: skip
         return found, True
+
+    def _path(self, key: Key, approximate: bool, delta: int) -> str:
+        """The path's name; `behind` (with a warning) where the rows written since the file
+        was built are as many as a group that gets a file of its own: they are loaded and
+        scored for every batch until the next build."""
+        if delta < max(self.min_rows, 1):
+            return "approximate" if approximate else "vector_file"
+        self.warn_once(
+            key, "behind", "vector file far behind its rows: they are scored from the rows "
+            "each batch; the next ingest or `recallq worker init` rebuilds it", rows=delta,
+        )  # fmt: skip
+        return "behind"
 
     def open_all(self, conn: sqlite3.Connection) -> None:
         """Map and verify every group's vector file (checksums read each file once): done at
@@ -156,6 +173,23 @@ class LargeGroups:
         for key in tqdm(stale, desc="vector files", unit="group", disable=not stale):
             self._build(conn, key)
 
+    def _extending(
+        self, conn: sqlite3.Connection, key: Key, rows: GroupRows
+    ) -> tuple[Path, Slots] | None:
+        """The group's last build and how the new one extends it, where it can (an intact
+        build of this store, few rows gone since): an upsert then costs the new rows'
+        insertions into the graph, not a whole new graph."""
+        (through,) = conn.execute(SIZE_OF, key).fetchone() or (None,)
+        if not through:
+            return None
+        try:
+            previous = self._open(conn, key, through)
+        except UNREADABLE:
+            return None
+        slots = extend(rows, previous)
+        directory = group_directory(self.root, *key) / str(through)
+        return None if slots is None else (directory, slots)
+
     def _current(self, conn: sqlite3.Connection, key: Key, size: int, through: int | None) -> bool:
         if not through or conn.execute(LARGEST, key).fetchone()[0] != through:
             return False
@@ -170,10 +204,10 @@ class LargeGroups:
         (a commit: readers see data_version move and look again)."""
         with conn:  # a read transaction: the rows and the store id of one snapshot
             conn.execute("BEGIN")
-            ids, matrix, texts = load_for_build(conn, *key)
+            rows = GroupRows(*load_for_build(conn, *key))
             store = store_id(conn)
         directory = group_directory(self.root, *key)
-        info = write_build(directory, key, store, ids, matrix, texts)
+        info = write_build(directory, key, store, rows, self._extending(conn, key, rows))
         with conn:
             conn.execute(MARK, (info.through, *key))
         remove_older(directory, info.through)

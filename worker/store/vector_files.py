@@ -40,12 +40,15 @@ from worker.store.lexical import LexicalIndex
 RowIds = npt.NDArray[np.int64]
 BUILD_FILE = "build.json"
 VECTORS, ROWIDS, HNSW, LEXICAL = "vectors.npy", "rowids.npy", "hnsw.usearch", "lexical"
-FORMAT = 1
+FORMAT = 2
 # HNSW: 16 links a node, 128 candidates kept while inserting (usearch's defaults, measured
 # here at recall@10 0.99 after re-scoring on clustered data, README), int8 vectors.
 CONNECTIVITY, EXPANSION_ADD = 16, 128
 TRUSTED_RECALL = 0.95  # below this on its own rows, an index is not used: exact instead
 RECALL_SAMPLE = 200  # rows of the group used as queries to measure that recall
+DEAD = -1  # the rowid of a dead slot: a row gone since the build that placed it
+MAX_DEAD = 10_000  # dead slots a build may carry (and a search over-asks for) at most
+_NONE = np.zeros(0, dtype=np.intp)
 MIN_CANDIDATES = 64  # HNSW candidates per query: 4 x those wanted, at least this many
 
 
@@ -62,11 +65,16 @@ class BuildInfo:
     memory_type: str
     memory_id: str
     through: int  # the largest rowid of the group when it was built
-    rows: int
+    rows: int  # live rows (positions holding a row of the group)
+    slots: int  # positions: live rows and dead slots
     dimensions: int
     recall: float  # recall@10 of the HNSW index on a sample of the group's own rows
     build_s: float
     sha256: dict[str, str]
+
+    @property
+    def dead(self) -> int:
+        return self.slots - self.rows
 
     @property
     def trusted(self) -> bool:
@@ -94,6 +102,14 @@ class VectorFile:
     index: Index | None  # None when the index failed its recall check
     lexical: LexicalIndex
 
+    def position(self, rowid: int) -> int | None:
+        """The position of a live row: rowids rise with position, dead slots between."""
+        if self._ascending is None:  # each dead slot holds the rowid before it
+            self._ascending = np.maximum.accumulate(np.asarray(self.rowids))
+        place = int(np.searchsorted(self._ascending, rowid))
+        found = place < len(self.rowids) and int(self.rowids[place]) == rowid
+        return place if found else None
+
     @classmethod
     def open(cls, directory: Path, info: BuildInfo) -> VectorFile:
         """Verify every file against build.json, then map them; Damaged otherwise."""
@@ -102,14 +118,18 @@ class VectorFile:
                 raise Damaged(f"{name} does not match its checksum")
         rowids = np.load(directory / ROWIDS, mmap_mode="r")
         matrix = np.load(directory / VECTORS, mmap_mode="r")
-        if matrix.shape != (info.rows, info.dimensions) or rowids.shape != (info.rows,):
+        if matrix.shape != (info.slots, info.dimensions) or rowids.shape != (info.slots,):
             raise Damaged(f"shapes {matrix.shape} and {rowids.shape} are not the build's")
         index = Index.restore(str(directory / HNSW), view=True) if info.trusted else None
         if info.trusted and index is None:
             raise Damaged(f"{HNSW} is not a usearch index")
         if index is not None and len(index) != info.rows:
             raise Damaged(f"the index holds {len(index)} rows, the build {info.rows}")
+        if np.count_nonzero(rowids != DEAD) != info.rows:
+            raise Damaged("its rowids are not the build's")
         return cls(info, rowids, matrix, index, LexicalIndex.load(directory / LEXICAL))
+
+    _ascending: RowIds | None = None
 
     def candidates(self, query: Vectors, count: int, approximate: bool) -> npt.NDArray[np.intp]:
         """Positions of (about) the `count` rows nearest `query`: every row scored, or the
@@ -135,35 +155,83 @@ def read_build(directory: Path) -> BuildInfo:
     return info
 
 
+@dataclass(frozen=True)
+class GroupRows:
+    """A group's rows as a build reads them, in rowid order."""
+
+    rowids: RowIds
+    matrix: Vectors
+    memories: Sequence[Memory]  # what its lexical index is made of
+
+
+@dataclass(frozen=True)
+class Slots:
+    """A build's rows by position. A build that extends the previous one keeps every
+    position (HNSW keys are positions, so its graph is kept): a row gone since holds its
+    place as a dead slot (rowid DEAD, no words), new rows are appended."""
+
+    rowids: RowIds
+    matrix: Vectors
+    memories: list[Memory]
+    added: npt.NDArray[np.intp]  # positions to add to the previous index
+    dropped: npt.NDArray[np.intp]  # positions to remove from it
+
+
+def extend(rows: GroupRows, previous: VectorFile) -> Slots | None:
+    """Slots that extend `previous`, or None where a whole build is due: rows it should
+    hold are not there, or dead slots would be more than MAX_DEAD or a tenth."""
+    old = np.asarray(previous.rowids)
+    fresh = rows.rowids > previous.info.through
+    kept = np.isin(old, rows.rowids)
+    if np.count_nonzero(kept) != np.count_nonzero(~fresh):
+        return None
+    rowids = np.concatenate([np.where(kept, old, DEAD), rows.rowids[fresh]])
+    dead = int(np.count_nonzero(rowids == DEAD))
+    if dead > min(MAX_DEAD, len(rowids) // 10):
+        return None
+    where = np.searchsorted(rows.rowids, rowids)
+    empty = Memory(id="", memory_id="", memory_type="", content="", timestamp=None)
+    memories = [
+        rows.memories[w] if r != DEAD else empty for r, w in zip(rowids, where, strict=True)
+    ]
+    return Slots(
+        rowids=rowids,
+        matrix=np.concatenate([np.asarray(previous.matrix), rows.matrix[fresh]]),
+        memories=memories,
+        added=np.arange(len(old), len(rowids)),
+        dropped=np.flatnonzero((old != DEAD) & ~kept),
+    )
+
+
 def write_build(
     directory: Path,
     key: tuple[str, str],
     store_id: str,
-    rowids: RowIds,
-    matrix: Vectors,
-    memories: Sequence[Memory],
+    rows: GroupRows,
+    previous: tuple[Path, Slots] | None = None,
 ) -> BuildInfo:
-    """Write one build of a group (rows in rowid order) into `directory`/<through>,
-    whole or not at all: files go to a temporary directory renamed into place."""
+    """Write one build of a group into `directory`/<through>, whole or not at all (files go
+    to a temporary directory renamed into place): from scratch, or extending the build at
+    `previous[0]` by its planned slots `previous[1]` (HNSW: the old graph, updated)."""
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory))
+    slots = previous[1] if previous else Slots(
+        rows.rowids, rows.matrix, list(rows.memories), np.arange(len(rows.rowids)), _NONE
+    )  # fmt: skip
     try:
-        np.save(staging / ROWIDS, rowids)
-        np.save(staging / VECTORS, np.ascontiguousarray(matrix, dtype=np.float32))
-        recall = _write_index(staging / HNSW, matrix)
-        LexicalIndex.of(memories).save(staging / LEXICAL)
-        files = [
-            ROWIDS,
-            VECTORS,
-            HNSW,
-            *(f"{LEXICAL}/{p.name}" for p in (staging / LEXICAL).iterdir()),
-        ]
+        np.save(staging / ROWIDS, slots.rowids)
+        np.save(staging / VECTORS, np.ascontiguousarray(slots.matrix, dtype=np.float32))
+        index = _index(previous[0] / HNSW if previous else None, slots)
+        index.save(str(staging / HNSW))
+        LexicalIndex.of(slots.memories).save(staging / LEXICAL)
+        lexical = [f"{LEXICAL}/{path.name}" for path in (staging / LEXICAL).iterdir()]
         info = BuildInfo(
             format=FORMAT, store_id=store_id, memory_type=key[0], memory_id=key[1],
-            through=int(rowids[-1]), rows=len(rowids), dimensions=matrix.shape[1],
-            recall=recall, build_s=round(time.perf_counter() - started, 3),
-            sha256={name: _sha256(staging / name) for name in files},
+            through=int(rows.rowids[-1]), rows=len(rows.rowids), slots=len(slots.rowids),
+            dimensions=slots.matrix.shape[1], recall=_self_recall(index, slots),
+            build_s=round(time.perf_counter() - started, 3),
+            sha256={name: _sha256(staging / name) for name in [ROWIDS, VECTORS, HNSW, *lexical]},
         )  # fmt: skip
         _write_json(staging / BUILD_FILE, asdict(info))
         final = directory / str(info.through)
@@ -182,34 +250,44 @@ def remove_older(directory: Path, keep: int) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_index(path: Path, matrix: Vectors) -> float:
-    """Build and save the HNSW index (keys: row positions); return its recall."""
-    index = Index(
-        ndim=matrix.shape[1], metric="cos", dtype="i8",
-        connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
-    )  # fmt: skip
-    index.add(np.arange(matrix.shape[0]), matrix, log=False)
-    index.save(str(path))
-    return _self_recall(index, matrix)
+def _index(previous: Path | None, slots: Slots) -> Index:
+    """The HNSW index of `slots` (keys: positions): the previous one loaded and updated,
+    or a new one."""
+    if previous is not None:
+        index = Index.restore(str(previous))
+        if index is None:
+            raise Damaged(f"{previous} is not a usearch index")
+        if len(slots.dropped):
+            index.remove(slots.dropped)
+    else:
+        index = Index(
+            ndim=slots.matrix.shape[1], metric="cos", dtype="i8",
+            connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
+        )  # fmt: skip
+    if len(slots.added):
+        index.add(slots.added, slots.matrix[slots.added], log=False)
+    return index
 
 
-def _self_recall(index: Index, matrix: Vectors) -> float:
+def _self_recall(index: Index, slots: Slots) -> float:
     """recall@10 of the index as searched (candidates re-scored exactly) on a sample of the
     group's own rows as queries, each row's ten nearest other rows the truth. Uniform
     random vectors score ~0.2 here (no neighbourhoods to find); sentence embeddings ~0.99."""
-    rows = matrix.shape[0]
-    sample = np.random.default_rng(0).choice(rows, min(RECALL_SAMPLE, rows), replace=False)
-    hits = 0
+    live = np.flatnonzero(slots.rowids != DEAD)
+    sample = np.random.default_rng(0).choice(live, min(RECALL_SAMPLE, len(live)), replace=False)
+    matrix, hits, wanted = slots.matrix, 0, 0
     for chunk in np.array_split(sample, max(1, len(sample) // 50)):
         cosines = matrix[chunk] @ matrix.T
+        cosines[:, slots.rowids == DEAD] = -np.inf
         for row, scores in zip(chunk, cosines, strict=True):
-            truth = set(_top(scores, 11).tolist()) - {int(row)}
+            scores[row] = -np.inf
+            truth = set(_top(scores, 10).tolist())
             index.expansion_search = 2 * MIN_CANDIDATES  # type: ignore[misc]
             found = np.asarray(index.search(matrix[row], MIN_CANDIDATES).keys, dtype=np.intp)
             rescored = found[np.argsort(-(matrix[found] @ matrix[row]), kind="stable")]
             top = [int(k) for k in rescored if k != row][: len(truth)]
-            hits += len(truth & set(top))
-    return float(hits / max(1, sum(min(10, rows - 1) for _ in sample)))
+            hits, wanted = hits + len(truth & set(top)), wanted + len(truth)
+    return float(hits / max(1, wanted))
 
 
 def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
