@@ -314,3 +314,24 @@ async def test_an_upsert_extends_the_build_and_a_search_skips_its_dead_slots(
             expected = oracle(ids, now, query)
             assert got == expected if mode == "exact" else len(set(got) & set(expected)) >= 9
         await store.close()
+
+
+async def test_a_large_group_without_its_file_is_searched_by_vector_alone(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """No lexical index is built inside a request for a large group (a million rows take
+    minutes): without its file, a hybrid query gets the vector list, exact."""
+    path = tmp_path / "m.db"
+    matrix = clustered(rng, 1500)
+    await write(path, "alice", matrix, build=False)
+    store = reader(path)
+    await store.connect()
+    query = clustered(rng, 1)
+    group = SearchGroup(collection=TYPE, owner="alice", vectors=query, ks=(10,),
+                        queries=("memory about topic3",), lexical_ks=(10,))  # fmt: skip
+    [[found]] = await store.search([group])
+    ids = [f"m{i}" for i in range(len(matrix))]
+    assert [c.memory.id for c in found] == oracle(ids, matrix, query[0])
+    assert all(c.lexical is None and c.lexical_rank is None for c in found)
+    assert store.search_paths() == {"unindexed": 1} and store.cache.get(("long_term", "alice"))
+    await store.close()

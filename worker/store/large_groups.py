@@ -129,7 +129,7 @@ class LargeGroups:
     def _unindexed(self, key: Key, reason: str, size: int) -> None:
         self.paths["unindexed"] += 1
         self.warn_once(
-            key, reason, f"large group served from its rows: {reason}; "
+            key, reason, f"large group served from its rows, by vector alone: {reason}; "
             "`recallq worker init` (re)builds vector files", rows=size,
         )  # fmt: skip
 

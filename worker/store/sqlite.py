@@ -25,7 +25,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -248,10 +248,15 @@ class SQLiteStore:
     def _score(
         self, conn: sqlite3.Connection, group: SearchGroup
     ) -> tuple[RowIds, list[list[Found]]]:
-        """A large group's vector file where it has a usable one, else the cached rows."""
+        """A large group's vector file where it has a usable one, else the cached rows. A
+        large group without its file (`counted` as unindexed) is searched by vector alone:
+        its lexical index is built with its file, never in a request (a million rows take
+        minutes)."""
         served, counted = self._files.search(conn, group)
         if served is not None:
             return served
+        if counted:
+            group = replace(group, queries=(), lexical_ks=())
         cached = self._group(conn, group.collection, group.owner, count=not counted)
         if any(group.lexical_ks) and cached.lexical is None:
             cached.lexical = _lexical_index(conn, group, cached.ids)
