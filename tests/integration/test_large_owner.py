@@ -10,6 +10,9 @@ measures that case).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,13 @@ import pytest
 
 from producer.client import RetrievalClient
 from schemas.messages import RankWeights, RetrievalResponse
+from tests.conftest import DEMO_MEMORIES
 from tests.integration.conftest import running_worker
 from worker.embedding.embedder import Embedder
 from worker.settings import WorkerSettings
 from worker.store import SQLiteStore
 from worker.store.base import Memory
+from worker.store.vector_files import VectorFile, read_build, vectors_root
 
 ROWS = 50_000
 OWNER, OTHER = "agent:big", "agent:small"
@@ -107,3 +112,43 @@ async def test_a_large_owner_through_the_worker(
     assert np.mean(recalls) >= (1.0 if search == "exact" else 0.95)
     taken = store.search_paths()
     assert taken == {"vector_file" if search == "exact" else "approximate": len(QUESTIONS)}
+
+
+RECALLQ = str(Path(sys.executable).parent / "recallq")
+
+
+def recallq_worker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RECALLQ, "worker", *args], env={**os.environ, **env}, check=True,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def builds(store: Path) -> dict[str, list[str]]:
+    """Each group directory's builds (rowid names) under the store's vector directory."""
+    root = vectors_root(store)
+    return {group.name: sorted(b.name for b in group.iterdir()) for group in root.iterdir()}
+
+
+async def test_ingest_builds_vector_files_and_init_rebuilds_a_damaged_one(
+    tmp_path: Path,
+) -> None:
+    """The commands as an operator runs them: `ingest` writes the vector file of every
+    group over the threshold, `init` leaves intact ones alone and rebuilds one whose
+    index was altered on disk."""
+    store = tmp_path / "store.db"
+    env = {"RECALLQ_STORE_URL": f"sqlite:///{store}", "RECALLQ_SQLITE_INDEX_MIN_ROWS": "50"}
+    recallq_worker("ingest", str(DEMO_MEMORIES), env=env)
+    first = builds(store)
+    assert len(first) == 3 and all(len(b) == 1 for b in first.values())  # 50-turn groups
+    recallq_worker("init", env=env)
+    assert builds(store) == first  # intact: nothing rebuilt
+    group, [build] = next(iter(first.items()))
+    index = vectors_root(store) / group / build / "hnsw.usearch"
+    data = bytearray(index.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    index.write_bytes(bytes(data))
+    result = recallq_worker("init", env=env)
+    assert "vector file damaged: rebuilding it" in result.stdout + result.stderr
+    rebuilt = vectors_root(store) / group / build
+    info = read_build(rebuilt)
+    assert VectorFile.open(rebuilt, info).info.rows == 50  # checksums match again
