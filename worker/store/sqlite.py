@@ -107,14 +107,13 @@ class SQLiteStore:
         self._files = LargeGroups(vectors_root(path), index_min_rows, search)
 
     async def connect(self) -> None:
-        """Open the file; ConfigError in one line when its embeddings are not the
-        embedder's size (a sample: ingest writes one model's vectors)."""
+        """Open the file (a reader maps and verifies every vector file as it opens it, not
+        in a request); ConfigError in one line when its embeddings are not the embedder's
+        size (a sample: ingest writes one model's vectors)."""
         sizes = await self._run(self._embedding_sizes)
         if self._dimensions and sizes - {self._dimensions}:
             found = {"memories": sorted(sizes)}
             raise ConfigError(dimension_mismatch(found, self._dimensions, self._model))
-        if not self.writable:  # map and verify every vector file now, not in a request
-            await self._run(lambda: self._files.open_all(self._current_connection()))
 
     async def check(self) -> None:
         """Is the file at the path still the store (or a store again)? Cheap: one stat,
@@ -195,6 +194,8 @@ class SQLiteStore:
         if self._conn is None:
             opener = open_for_writing if self.writable else open_for_reading
             self._conn, self._identity = opener(self.path, self._busy_timeout_s)
+            if not self.writable:  # a reopened store's vector files: verified now, once
+                self._files.open_all(self._conn)
         return self._conn
 
     def _embedding_sizes(self) -> set[int]:
