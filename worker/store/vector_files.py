@@ -49,7 +49,7 @@ RECALL_SAMPLE = 200  # rows of the group used as queries to measure that recall
 DEAD = -1  # the rowid of a dead slot: a row gone since the build that placed it
 MAX_DEAD = 10_000  # dead slots a build may carry (and a search over-asks for) at most
 _NONE = np.zeros(0, dtype=np.intp)
-MIN_CANDIDATES = 256  # HNSW candidates per query: 4 x those wanted, at least this many (README)
+MIN_CANDIDATES = 512  # HNSW candidates per query: 4 x those wanted, at least this many (README)
 
 
 class Damaged(Exception):
