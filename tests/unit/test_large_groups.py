@@ -4,6 +4,7 @@ serving a row that is not the group's."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -334,4 +335,22 @@ async def test_a_large_group_without_its_file_is_searched_by_vector_alone(
     assert [c.memory.id for c in found] == oracle(ids, matrix, query[0])
     assert all(c.lexical is None and c.lexical_rank is None for c in found)
     assert store.search_paths() == {"unindexed": 1} and store.cache.get(("long_term", "alice"))
+    await store.close()
+
+
+async def test_a_build_listing_fewer_files_than_it_has_is_not_served(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """build.json must checksum every file a reader reads: one that leaves the index out
+    of its list is bypassed, whatever the index holds."""
+    path = tmp_path / "m.db"
+    await write(path, "alice", clustered(rng, 1500))
+    [build] = list(group_directory(vectors_root(path), TYPE, "alice").iterdir())
+    listed = json.loads((build / "build.json").read_text())
+    del listed["sha256"][HNSW]
+    (build / "build.json").write_text(json.dumps(listed))
+    store = reader(path)
+    await store.connect()
+    await search(store, clustered(rng, 1))
+    assert store.search_paths() == {"unindexed": 1}
     await store.close()

@@ -101,6 +101,7 @@ class VectorFile:
     matrix: Vectors
     index: Index | None  # None when the index failed its recall check
     lexical: LexicalIndex
+    _ascending: RowIds | None = None  # rowids made non-decreasing, for position()
 
     def position(self, rowid: int) -> int | None:
         """The position of a live row: rowids rise with position, dead slots between."""
@@ -113,6 +114,9 @@ class VectorFile:
     @classmethod
     def open(cls, directory: Path, info: BuildInfo) -> VectorFile:
         """Verify every file against build.json, then map them; Damaged otherwise."""
+        present = {ROWIDS, VECTORS, HNSW, *_files_in(directory / LEXICAL, LEXICAL)}
+        if set(info.sha256) != present:  # every file read is one whose checksum is checked
+            raise Damaged(f"its files {sorted(present)} are not those build.json lists")
         for name, digest in info.sha256.items():
             if _sha256(directory / name) != digest:
                 raise Damaged(f"{name} does not match its checksum")
@@ -128,8 +132,6 @@ class VectorFile:
         if np.count_nonzero(rowids != DEAD) != info.rows:
             raise Damaged("its rowids are not the build's")
         return cls(info, rowids, matrix, index, LexicalIndex.load(directory / LEXICAL))
-
-    _ascending: RowIds | None = None
 
     def candidates(self, query: Vectors, count: int, approximate: bool) -> npt.NDArray[np.intp]:
         """Positions of (about) the `count` rows nearest `query`: every row scored, or the
@@ -225,7 +227,7 @@ def write_build(
         index = _index(previous[0] / HNSW if previous else None, slots)
         index.save(str(staging / HNSW))
         LexicalIndex.of(slots.memories).save(staging / LEXICAL)
-        lexical = [f"{LEXICAL}/{path.name}" for path in (staging / LEXICAL).iterdir()]
+        lexical = _files_in(staging / LEXICAL, LEXICAL)
         info = BuildInfo(
             format=FORMAT, store_id=store_id, memory_type=key[0], memory_id=key[1],
             through=int(rows.rowids[-1]), rows=len(rows.rowids), slots=len(slots.rowids),
@@ -293,6 +295,13 @@ def _self_recall(index: Index, slots: Slots) -> float:
 def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
     count = min(count, scores.shape[0])
     return np.argpartition(-scores, count - 1)[:count]
+
+
+def _files_in(directory: Path, prefix: str) -> list[str]:
+    """The files of a build's subdirectory, named as build.json lists them."""
+    if not directory.is_dir():
+        return []
+    return sorted(f"{prefix}/{path.name}" for path in directory.iterdir())
 
 
 def _sha256(path: Path) -> str:
