@@ -354,3 +354,30 @@ async def test_a_build_listing_fewer_files_than_it_has_is_not_served(
     await search(store, clustered(rng, 1))
     assert store.search_paths() == {"unindexed": 1}
     await store.close()
+
+
+async def test_hybrid_lists_from_the_file_equal_the_cached_groups(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The file's lexical index (built with it, memory-mapped) answers as the in-memory
+    index of the cache path does (tests/unit/test_lexical.py holds that one against the
+    BM25 oracle): the same candidates, ranks and scores, in exact mode."""
+    indexed, cached = tmp_path / "indexed.db", tmp_path / "cached.db"
+    matrix = clustered(rng, 1500)
+    await write(indexed, "alice", matrix)
+    await write(cached, "alice", matrix, build=False)
+    texts = ("memory 7 about topic3", "topic5 topic5 memory", "nothing matches", "1499")
+    group = SearchGroup(collection=TYPE, owner="alice", vectors=clustered(rng, len(texts)),
+                        ks=(10, 0, 5, 3), queries=texts, lexical_ks=(10, 10, 5, 3))  # fmt: skip
+    answers = []
+    for path, min_rows in ((indexed, MIN_ROWS), (cached, 0)):
+        store = SQLiteStore(path, dimensions=DIMS, index_min_rows=min_rows, search="exact")
+        await store.connect()
+        [found] = await store.search([group])
+        answers.append([[(c.memory.id, round(c.score, 5), c.vector_rank,
+                          None if c.lexical is None else round(c.lexical, 4), c.lexical_rank)
+                         for c in per_query] for per_query in found])  # fmt: skip
+        await store.close()
+    for a, b in zip(answers[0], answers[1], strict=True):
+        assert a == b, [x for x in a if x not in b] + [None] + [x for x in b if x not in a]
+    assert any(rank for per_query in answers[0] for *_, rank in per_query)  # words matched

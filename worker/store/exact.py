@@ -19,12 +19,18 @@ Found = tuple[int, float, int | None, float | None, int | None]
 def best(scores: np.ndarray, k: int) -> list[int]:
     """Indexes of the `k` highest scores, best first, ties broken by index (so results are
     deterministic)."""
+    return [int(i) for i in top_indexes(scores, k)]
+
+
+def top_indexes(scores: np.ndarray, k: int) -> np.ndarray:
+    """`best` as an array: every score tied with the k-th is a candidate, so the cut at k
+    keeps the lowest indexes among ties (a bare argpartition keeps arbitrary ones)."""
     k = min(k, scores.shape[0])
     if k <= 0:
-        return []
-    picked = np.argpartition(-scores, k - 1)[:k]
-    order = np.lexsort((picked, -scores[picked]))
-    return [int(picked[i]) for i in order]
+        return np.zeros(0, dtype=np.intp)
+    kth = np.partition(scores, scores.shape[0] - k)[scores.shape[0] - k]
+    picked = np.flatnonzero(scores >= kth)
+    return picked[np.lexsort((picked, -scores[picked]))[:k]]
 
 
 def search_group(

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.store.base import SearchGroup, Vectors
-from worker.store.exact import Found, check_dimensions
+from worker.store.exact import Found, check_dimensions, top_indexes
 from worker.store.vector_files import RowIds, VectorFile
 
 Present = Callable[[Iterable[int]], set[int]]
@@ -87,7 +87,7 @@ def _listed(
         positions = (
             file.candidates(vector, k + spare, approximate=True)
             if exact is None
-            else _top(exact, k + spare)
+            else top_indexes(exact, k + spare)
         )
         cosine.update(_scored(file, positions, vector))
         if len(delta.rowids):
@@ -96,7 +96,8 @@ def _listed(
     bm25: dict[int, float] = {}
     if lexical_k:
         scores = file.lexical.scores(group.queries[query])
-        words = [p for p in _top(scores, lexical_k + spare) if scores[p] > 0]
+        matching = np.flatnonzero(scores > 0)  # few of a million rows, for most queries
+        words = matching[top_indexes(scores[matching], lexical_k + spare)].tolist()
         cosine.update(
             {r: c for r, c in _scored(file, np.asarray(words), vector) if r not in cosine}
         )
@@ -145,10 +146,3 @@ def _bm25_of(file: VectorFile, rowid: int, scores: npt.NDArray[np.float32]) -> f
     """A vector candidate's BM25: its file row's score; a delta row has none yet (0)."""
     position = file.position(rowid)
     return 0.0 if position is None else float(scores[position])
-
-
-def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
-    count = min(count, scores.shape[0])
-    if count <= 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.argpartition(-scores, count - 1)[:count]

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from usearch.index import Index
 
 from worker.store.base import Memory, Vectors
+from worker.store.exact import top_indexes
 from worker.store.lexical import LexicalIndex
 
 RowIds = npt.NDArray[np.int64]
@@ -142,7 +143,7 @@ class VectorFile:
             self.index.expansion_search = max(2 * wanted, 128)  # type: ignore[misc]
             found = self.index.search(query, min(wanted, self.info.rows))
             return np.asarray(found.keys, dtype=np.intp)
-        return _top(self.matrix @ query, count) if count else np.zeros(0, np.intp)
+        return top_indexes(self.matrix @ query, count) if count else np.zeros(0, np.intp)
 
 
 def read_build(directory: Path) -> BuildInfo:
@@ -283,18 +284,13 @@ def _self_recall(index: Index, slots: Slots) -> float:
         cosines[:, slots.rowids == DEAD] = -np.inf
         for row, scores in zip(chunk, cosines, strict=True):
             scores[row] = -np.inf
-            truth = set(_top(scores, 10).tolist())
+            truth = set(top_indexes(scores, 10).tolist())
             index.expansion_search = 2 * MIN_CANDIDATES  # type: ignore[misc]
             found = np.asarray(index.search(matrix[row], MIN_CANDIDATES).keys, dtype=np.intp)
             rescored = found[np.argsort(-(matrix[found] @ matrix[row]), kind="stable")]
             top = [int(k) for k in rescored if k != row][: len(truth)]
             hits, wanted = hits + len(truth & set(top)), wanted + len(truth)
     return float(hits / max(1, wanted))
-
-
-def _top(scores: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
-    count = min(count, scores.shape[0])
-    return np.argpartition(-scores, count - 1)[:count]
 
 
 def _files_in(directory: Path, prefix: str) -> list[str]:
