@@ -32,7 +32,7 @@ from schemas.messages import (
 )
 from worker.access.profiles import Profile
 from worker.deadlines import expired, past_deadline
-from worker.errors import EmbeddingUnavailable, RecallqError, StoreUnavailable
+from worker.errors import EmbeddingUnavailable, RecallqError
 from worker.metrics import Metrics
 from worker.outcomes import Answered, Crashed, Expired, Outcome
 from worker.retry import Deadline, deadlines_for, with_deadlines
@@ -173,7 +173,7 @@ async def _search(
         requests, deps.store_retry_s, started.wall, started.mono
     )
 
-    async def search(pending: list[int]) -> list[Hits]:
+    async def search(pending: list[int]) -> list[Hits | RecallqError]:
         return await search_and_rank(
             deps.store,
             [requests[i] for i in pending],
@@ -186,7 +186,7 @@ async def _search(
         )
 
     try:
-        found: list[Hits | StoreUnavailable] = await with_deadlines(search, deadlines)
+        found: list[Hits | RecallqError] = await with_deadlines(search, deadlines)
         return list(found)
     except RecallqError as exc:  # final and store-wide (dimensions differ): every request
         log.warning("search failed", error=str(exc), code=exc.code)

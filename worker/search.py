@@ -25,8 +25,16 @@ import structlog
 
 from schemas.messages import MemoryHit, RetrievalRequest, SearchMode
 from worker.access.profiles import MEMORY_ID, Profile
+from worker.errors import RecallqError
 from worker.rank import rank
-from worker.store.base import Candidate, MemoryStore, SearchGroup, Vectors
+from worker.store.base import (
+    Candidate,
+    GroupResult,
+    GroupsRefused,
+    MemoryStore,
+    SearchGroup,
+    Vectors,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -124,21 +132,26 @@ async def search_and_rank(
     search: SearchMode = "hybrid",
     observe: Observe | None = None,
     profile: Profile | None = None,
-) -> list[dict[str, list[MemoryHit]]]:
-    """Ranked hits per memory type for every request, in request order.
+) -> list[dict[str, list[MemoryHit]] | RecallqError]:
+    """Ranked hits per memory type for every request, in request order; a request in a
+    group the store refused (GroupsRefused) gets that group's error instead.
 
-    Store errors propagate (StoreUnavailable is retried by the caller).
+    Other store errors propagate (StoreUnavailable is retried by the caller).
     """
     groups, slots_of_group = build_groups(requests, vectors, candidate_factor, profile, search)
     # One call for every group of the batch: the store runs them as it runs best (the
     # embedded store on its thread in one hop, MongoDB concurrently); a call per memory
     # type cost the embedded store two more thread hops (~1 ms at idle on 2 cores).
     started = time.monotonic()
-    found = await store.search(groups)
+    found = await searched(store, groups)
     if observe is not None:
         observe(time.monotonic() - started)
     candidates: list[dict[str, list[Candidate]]] = [{} for _ in requests]
+    failed: dict[int, RecallqError] = {}
     for slots, per_query in zip(slots_of_group, found, strict=True):
+        if isinstance(per_query, RecallqError):
+            failed.update((index, per_query) for index, _ in slots)
+            continue
         for (index, memory_type), hits in zip(slots, per_query, strict=True):
             attached = profile is not None and profile.attached_field(memory_type) is not None
             admitted = admits(requests[index], attached)
@@ -146,7 +159,9 @@ async def search_and_rank(
             if len(candidates[index][memory_type]) != len(hits):
                 log.error("store returned foreign memories", request_id=requests[index].request_id)
     return [
-        {
+        failed[index]
+        if index in failed
+        else {
             memory_type: rank(
                 candidates[index][memory_type],
                 limit=limit,
@@ -162,3 +177,13 @@ async def search_and_rank(
         }
         for index, request in enumerate(requests)
     ]
+
+
+async def searched(
+    store: MemoryStore, groups: Sequence[SearchGroup]
+) -> list[GroupResult | RecallqError]:
+    """The store's result per group; a group it refused (GroupsRefused) is its error."""
+    try:
+        return list(await store.search(groups))
+    except GroupsRefused as exc:
+        return exc.outcomes

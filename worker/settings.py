@@ -284,10 +284,12 @@ class WorkerSettings(BrokerSettings):
         default=False, description="Ask $vectorSearch for exact (ENN) instead of approximate."
     )
     mongo_exact_max_rows: int = Field(
-        default=20_000,
+        default=10_000,
         ge=1,
-        description="MongoDB exact mode: the most rows one search group may fetch; a larger "
-        "owner is answered with an error that says to use vector mode (Atlas).",
+        description="MongoDB: the most rows of one search group the worker fetches and scores "
+        "itself (exact mode; in vector mode, a lexical side without a queryable $search "
+        "index); a larger group's requests are answered store_unavailable, not retryable, "
+        "saying what to change.",
     )
     mongo_vector_index: str = Field(
         default="recallq_vector",

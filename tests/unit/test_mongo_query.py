@@ -74,6 +74,14 @@ def test_num_candidates_bounds() -> None:
     assert num_candidates(5000) == 10_000
 
 
+def test_num_candidates_follows_mongodbs_rule_within_the_stages_bounds() -> None:
+    """20 x limit (at least 100) wherever the stage allows it; never under the limit."""
+    for limit in range(1, 10_001):
+        found = num_candidates(limit)
+        assert limit <= found <= 10_000
+        assert found == min(10_000, max(100, 20 * limit))
+
+
 @pytest.mark.parametrize("hostile", [{"$ne": None}, {"$regex": ".*"}, ["a"], 7])
 def test_the_tenant_filter_takes_strings_only(hostile: object) -> None:
     with pytest.raises(TypeError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from schemas.memory import Memory as Memory  # re-exported: the one definition of a memory
+from worker.errors import RecallqError
 from worker.store.group_cache import GroupCacheStats
 from worker.vectors import Vectors as Vectors  # re-exported: the stores' array type
 
@@ -58,6 +59,19 @@ class SearchGroup:
 
 
 GroupResult = list[list[Candidate]]  # per query of the group, best first
+
+
+class GroupsRefused(RecallqError):
+    """Some groups of one search call were refused and the others served. `outcomes`: per
+    group, in order, its result or its error; code, retryable and message are the first
+    refusal's, so a caller that does not read `outcomes` answers every request with it."""
+
+    def __init__(self, outcomes: Sequence[GroupResult | RecallqError]) -> None:
+        first = next(o for o in outcomes if isinstance(o, RecallqError))
+        super().__init__(str(first))
+        self.code, self.retryable = first.code, first.retryable
+        self.outcomes = list(outcomes)
+
 
 SearchPaths = Counter[str]
 """Groups searched, per path taken: what `recallq_store_searches_total{path}` counts.

@@ -5,12 +5,21 @@ vector search); `exact` fetches a group's documents by owner on a B-tree
 index and scores them with the same matrix code as SQLite; `auto` probes the
 server at connect and picks vector only where $vectorSearch answers and every
 collection's index is queryable. Driver errors become StoreUnavailable.
+
+Exact mode keeps no group between batches: a server without Atlas has no cheap,
+correct way to learn that an owner's rows changed (change streams need a replica
+set, and memorizz updates rows in place, so counts and the largest _id miss its
+writes). Each batch fetches the group again, so a group over
+RECALLQ_MONGO_EXACT_MAX_ROWS is refused (ExactTooLarge, its requests only) after
+a bounded count, never fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -21,9 +30,18 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
+from schemas.messages import ErrorCode
 from worker.access.profiles import MEMORY_ID, Profile
-from worker.errors import ConfigError, StoreMismatch, StoreUnavailable
-from worker.store.base import Candidate, GroupResult, Memory, SearchGroup, Vectors
+from worker.errors import ConfigError, RecallqError, StoreMismatch, StoreUnavailable
+from worker.store.base import (
+    Candidate,
+    GroupResult,
+    GroupsRefused,
+    Memory,
+    SearchGroup,
+    SearchPaths,
+    Vectors,
+)
 from worker.store.exact import dimension_mismatch, score_group
 from worker.store.mongo_query import (
     TEXT_INDEX,
@@ -53,6 +71,15 @@ T = TypeVar("T")
 NO_VECTOR_SEARCH_CODES = {115, 40324, 31082, 6047401}
 BTREE_INDEX = "memory_id_timestamp"
 DIMENSION_SAMPLE = 5  # embeddings per collection checked against the model at start
+# What a group over RECALLQ_MONGO_EXACT_MAX_ROWS is told (ExactTooLarge), per mode.
+EXACT_ADVICE = (
+    "use RECALLQ_MONGO_SEARCH=vector (Atlas, or MongoDB 8.2+ with mongot) "
+    "or raise RECALLQ_MONGO_EXACT_MAX_ROWS"
+)
+LEXICAL_ADVICE = (
+    "run `recallq worker init` so that $search serves it, ask with search=vector, "
+    "or raise RECALLQ_MONGO_EXACT_MAX_ROWS"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +90,7 @@ class MongoOptions:
     search: Literal["auto", "vector", "exact"]
     vector_index: str
     vector_exact: bool
+    exact_max_rows: int
     query_timeout_ms: int
     index_wait_s: float
     search_concurrency: int
@@ -79,6 +107,7 @@ class MongoOptions:
             search=settings.mongo_search,
             vector_index=settings.mongo_vector_index,
             vector_exact=settings.mongo_vector_exact,
+            exact_max_rows=settings.mongo_exact_max_rows,
             query_timeout_ms=settings.mongo_query_timeout_ms,
             index_wait_s=settings.mongo_index_wait_s,
             search_concurrency=settings.search_concurrency,
@@ -132,6 +161,8 @@ class MongoStore:
         # Where lexical candidates come from in vector mode: Atlas Search ($search, when
         # its index is queryable on every collection) or the worker, over the owner's rows.
         self.lexical: Literal["atlas", "worker"] = "worker"
+        self._paths: SearchPaths = Counter()
+        self._warned: set[tuple[str, str, str]] = set()  # (collection, owner field, owner)
 
     async def connect(self) -> None:
         """Check the stored embeddings fit the model, then choose the search mode: forced
@@ -155,15 +186,30 @@ class MongoStore:
         answered store_unavailable."""
 
     async def search(self, groups: Sequence[SearchGroup]) -> list[GroupResult]:
-        return list(await asyncio.gather(*(self._one_group(group) for group in groups)))
+        """Every group concurrently. A group refused (ExactTooLarge) fails alone: the others
+        are served, and GroupsRefused carries each group's result or error; any other error
+        (StoreUnavailable) is the whole call's, as before."""
+        outcomes = await asyncio.gather(*(self._served(group) for group in groups))
+        served = [outcome for outcome in outcomes if not isinstance(outcome, RecallqError)]
+        if len(served) < len(outcomes):
+            raise GroupsRefused(outcomes)
+        return served
+
+    async def _served(self, group: SearchGroup) -> GroupResult | RecallqError:
+        try:
+            return await self._one_group(group)
+        except ExactTooLarge as exc:
+            return exc
 
     def _one_group(self, group: SearchGroup) -> Awaitable[GroupResult]:
         """Vector mode serves vector candidates by $vectorSearch and lexical ones by $search
         where its index is queryable, else (and in exact mode) both in the worker over the
         owner's rows."""
         if self.mode == "vector" and not any(group.lexical_ks):
+            self._paths["vector"] += 1
             return self._vector_group(group)
         if self.mode == "vector" and self.lexical == "atlas":
+            self._paths["hybrid"] += 1
             return self._hybrid_group(group)
         return self._exact_group(group)
 
@@ -210,25 +256,38 @@ class MongoStore:
             "lexical": self.lexical,
         }
 
+    def search_paths(self) -> SearchPaths:
+        """Groups searched: `exact`, `vector`, `hybrid`, `too_large` (refused)."""
+        return self._paths
+
     def cache_stats(self) -> None:
-        """No group cache: every search asks the server."""
+        """No group cache: every search asks the server (the module says why)."""
         return None
 
     async def close(self) -> None:
         await self._client.close()
 
     async def _exact_group(self, group: SearchGroup) -> GroupResult:
+        """The group's rows scored here, once a count bounded by the cap (on the B-tree
+        index, no document shipped) says they are within it; the fetch is bounded too, so
+        rows written between the two cannot take it past the cap."""
         collection = self._db[group.collection]
         owner, attached_field = group.owner_field, group.attached_field
         query = group_boundary(group)
         fields = projection(owner, embedding=True, attached_field=attached_field)
-        timeout_ms = self._options.query_timeout_ms
+        timeout_ms, cap = self._options.query_timeout_ms, self._options.exact_max_rows
+        count = partial(collection.count_documents, query, limit=cap + 1, maxTimeMS=timeout_ms)
+        if (counted := await self._guarded(count)) > cap:
+            raise self._too_large(group, counted)
 
         async def fetch() -> list[dict[str, Any]]:
-            cursor = collection.find(query, fields)
+            cursor = collection.find(query, fields).limit(cap + 1)
             return await cursor.max_time_ms(timeout_ms).to_list(None)
 
         fetched = await self._guarded(fetch)
+        if len(fetched) > cap:
+            raise self._too_large(group, len(fetched))
+        self._paths["exact"] += 1
         documents = [d for d in fetched if isinstance(d.get("embedding"), list)]
         if len(documents) < len(fetched):  # not embedded yet (memorizz back-fills them)
             self.on_skipped(group.collection, len(fetched) - len(documents))
@@ -239,6 +298,22 @@ class MongoStore:
         except ValueError:
             raise StoreMismatch(f"{group.collection}: embeddings of unequal length") from None
         return score_group(memories, matrix, group, attached)
+
+    def _too_large(self, group: SearchGroup, counted: int) -> ExactTooLarge:
+        """The refusal of a group over the cap: counted, and logged once per owner (by a
+        hash: logs carry no memory_id)."""
+        self._paths["too_large"] += 1
+        cap = self._options.exact_max_rows
+        key = (group.collection, group.owner_field, group.owner)
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "owner over RECALLQ_MONGO_EXACT_MAX_ROWS: its requests are refused in exact "
+                "mode; use RECALLQ_MONGO_SEARCH=vector or raise the cap",
+                collection=group.collection, owner_field=group.owner_field,
+                owner_sha256=owner_digest(group.owner), rows_at_least=counted, cap=cap,
+            )  # fmt: skip
+        return ExactTooLarge(group.collection, counted, cap, vector_mode=self.mode == "vector")
 
     async def _vector_group(self, group: SearchGroup) -> GroupResult:
         boundary = group_boundary(group)
@@ -417,6 +492,32 @@ def _short(exc: PyMongoError) -> str:
 
 class _NoVectorSearch(StoreUnavailable):
     """The server has no Atlas Search: use exact search."""
+
+
+class ExactTooLarge(RecallqError):
+    """Exact mode refused a group over RECALLQ_MONGO_EXACT_MAX_ROWS: answered to that
+    group's requests as `store_unavailable`, not retryable (as EmbeddingRefused is for the
+    embedder: retrying cannot help until a setting changes). Not a StoreUnavailable, so
+    nothing retries it."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+    retryable = False
+
+    def __init__(self, collection: str, counted: int, cap: int, *, vector_mode: bool) -> None:
+        """`vector_mode`: refused in vector mode, where only a lexical side without a
+        queryable $search index is scored in the worker: the advice differs."""
+        found = f"{collection}: this owner has at least {counted:,} memories"
+        if vector_mode:
+            message = f"{found}, over the {cap:,} the worker scores for a lexical side; "
+        else:
+            message = f"{found}, over exact mode's {cap:,}; "
+        super().__init__(message + (LEXICAL_ADVICE if vector_mode else EXACT_ADVICE))
+        self.collection, self.counted, self.cap = collection, counted, cap
+
+
+def owner_digest(owner: str) -> str:
+    """How logs name an owner: a short SHA-256 (compare with one computed from an id)."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 def group_boundary(group: SearchGroup) -> dict[str, Any]:

@@ -119,7 +119,15 @@ def projection(
 
 
 def num_candidates(limit: int) -> int:
-    """MongoDB's advice: at least 20 x limit, here never under 100, at most 10,000."""
+    """MongoDB's advice: at least 20 x limit, here never under 100 nor under `limit`, at
+    most 10,000 (the stage's bounds: limit <= numCandidates <= 10,000)."""
+    # https://www.mongodb.com/docs/atlas/atlas-vector-search/vector-search-stage/ ("numCandidates
+    # Selection"): at least 20 x limit as the starting point; larger indexes, low limits and
+    # quantized vectors may need more. A filtered search is HNSW restricted to the filter's
+    # documents, and where fewer of them match than numCandidates (decided per segment) it
+    # scores them all, exactly (MongoDB's answer in its forum, thread 321689): a large owner
+    # is searched approximately over its own rows, a small one exactly. Nothing in the
+    # guidance asks more for a large owner than 20 x limit; our index is not quantized.
     return min(MAX_NUM_CANDIDATES, max(100, 20 * limit, limit))
 
 
