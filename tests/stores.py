@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.store import GroupResult, Memory, MemoryStore, SearchGroup, Vectors
+from worker.store.base import SearchPaths
 from worker.store.group_cache import GroupCacheStats
 
 
@@ -32,6 +33,9 @@ class WrappedStore:
 
     def cache_stats(self) -> GroupCacheStats | None:
         return self.store.cache_stats()
+
+    def search_paths(self) -> SearchPaths:
+        return self.store.search_paths()
 
     async def connect(self) -> None:
         await self.store.connect()

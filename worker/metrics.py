@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from worker.store.base import SLOW_PATHS, SearchPaths
 from worker.store.group_cache import GroupCacheStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -97,6 +98,13 @@ class Metrics:
         """A store's group cache, where it keeps one (the embedded store): size against
         its bound, and how often it hits."""
         self.registry.register(_StoreCacheCollector(stats))
+
+    def watch_store_searches(self, paths: Callable[[], SearchPaths] | None) -> None:
+        """A store's search paths (`MemoryStore.search_paths`), so a group that does not
+        fit its cache or falls back to a slow path shows; None (a store that does not
+        count them) exposes nothing."""
+        if paths is not None:
+            self.registry.register(_StoreSearchCollector(paths))
 
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
         """`stats()` gives (lookups, hits) of the embedding cache."""
@@ -198,6 +206,35 @@ class _StoreCacheCollector:
         yield CounterMetricFamily(f"{prefix}_hits", "Lookups served from memory.", value=s.hits)
         yield CounterMetricFamily(
             f"{prefix}_evictions", "Groups dropped to stay under the byte bound.", value=s.evictions
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_oversize",
+            "Groups the cache refused to keep, larger than its whole byte bound (served).",
+            value=s.oversize,
+        )  # fmt: skip
+
+
+class _StoreSearchCollector:
+    """Read at scrape time from the store's live counter: nothing to keep in step."""
+
+    def __init__(self, paths: Callable[[], SearchPaths]) -> None:
+        self._paths = paths
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        # dict() copies in one step: the store's thread may add a path mid-scrape.
+        taken = dict(self._paths())
+        searches = CounterMetricFamily(
+            "recallq_store_searches", "Groups searched, by the path the store took.",
+            labels=["path"],
+        )  # fmt: skip
+        for path in sorted(taken):
+            searches.add_metric([path], taken[path])
+        yield searches
+        # Always a sample, 0 before any: rate() then sees the first slow search too.
+        yield CounterMetricFamily(
+            "recallq_store_slow_searches",
+            f"Groups searched by a slow or refused path ({', '.join(sorted(SLOW_PATHS))}).",
+            value=sum(n for path, n in taken.items() if path in SLOW_PATHS),
         )
 
 

@@ -127,6 +127,7 @@ class Worker:
         metrics = metrics or Metrics()
         metrics.watch_cache(lambda: (embedder.cache_stats.lookups, embedder.cache_stats.hits))
         metrics.watch_store_cache(store.cache_stats)
+        metrics.watch_store_searches(getattr(store, "search_paths", None))  # not every store counts
         count = metrics.rows_without_embedding
         store.on_skipped = lambda name, rows: count.labels(collection=name).inc(rows)
         if isinstance(embedder, RemoteEmbedder):  # its calls, retries and rate limiting

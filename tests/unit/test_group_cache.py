@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from worker.store.group_cache import GroupCache
 
-puts = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 400)), max_size=200)
+size_st = st.integers(0, 400) | st.integers(1001, 1200)  # now and then larger than the bound
+puts = st.lists(st.tuples(st.integers(0, 30), size_st), max_size=200)
 
 
 @given(puts)
@@ -16,8 +17,9 @@ def test_bytes_held_never_pass_the_bound_and_match_what_is_held(
 ) -> None:
     cache: GroupCache[int] = GroupCache(max_bytes=1000)
     sizes: dict[int, int] = {}
-    for key, size in sequence:
+    for n, (key, size) in enumerate(sequence):
         cache.put(key, key, size)
+        assert cache.stats.oversize == sum(s > 1000 for _, s in sequence[: n + 1])
         sizes[key] = size
         held = [k for k in range(31) if k in cache._entries]
         assert cache.stats.bytes == sum(sizes[k] for k in held) <= 1000
@@ -45,3 +47,13 @@ def test_replacing_a_key_counts_its_bytes_once_and_clear_empties() -> None:
     assert cache.stats.bytes == 70 and cache.get("k") == 2
     cache.clear()
     assert cache.stats.bytes == 0 and cache.stats.groups == 0 and cache.get("k") is None
+
+
+def test_a_group_larger_than_the_whole_bound_is_counted_and_not_kept() -> None:
+    cache: GroupCache[str] = GroupCache(max_bytes=100)
+    cache.put("fits", "F", 100)  # exactly the bound: kept
+    cache.put("big", "B", 101)
+    cache.put("big", "B", 500)  # each refused put counts
+    assert cache.stats.oversize == 2
+    assert cache.get("big") is None and cache.get("fits") == "F"
+    assert cache.stats.bytes == 100 and cache.stats.groups == 1 and cache.stats.evictions == 0

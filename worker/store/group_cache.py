@@ -21,6 +21,7 @@ class GroupCacheStats:
     evictions: int = 0
     bytes: int = 0
     groups: int = 0
+    oversize: int = 0  # puts larger than the whole bound: served by the caller, not kept
 
 
 class GroupCache(Generic[V]):
@@ -47,6 +48,7 @@ class GroupCache(Generic[V]):
         """
         self._drop(key)
         if size > self.max_bytes:
+            self.stats.oversize += 1
             return
         self._entries[key] = (value, size)
         self.stats.bytes += size

@@ -261,7 +261,8 @@ class SQLiteStore:
         cached = self._group(conn, group.collection, group.owner, count=not counted)
         if any(group.lexical_ks) and cached.lexical is None:
             cached.lexical = _lexical_index(conn, group, cached.ids)
-            self.cache.put((group.collection, group.owner), cached, cached.nbytes)
+            if cached.nbytes <= self.cache.max_bytes:  # kept again, now with its words
+                self.cache.put((group.collection, group.owner), cached, cached.nbytes)
         return cached.ids, search_group(cached.matrix, cached.lexical, group)
 
     def _group(
