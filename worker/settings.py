@@ -243,7 +243,7 @@ class WorkerSettings(BrokerSettings):
         description="Embedded store: MiB of loaded (type, memory_id) groups kept; LRU beyond.",
     )
     sqlite_index_min_rows: int = Field(
-        default=20_000,
+        default=50_000,
         ge=0,
         description="Embedded store: a (type, memory_id) group of at least this many "
         "memories gets a memory-mapped vector file and an HNSW index, written by ingest and "

@@ -62,7 +62,7 @@ async def large_store(
     topics /= np.linalg.norm(topics, axis=1, keepdims=True)
     matrix = near(rng, np.vstack([asked, topics]), ROWS, noise=0.05)
     path = tmp_path_factory.mktemp("large") / "store.db"
-    writer = SQLiteStore(path, writable=True)  # default threshold: 20,000 rows
+    writer = SQLiteStore(path, writable=True)  # default threshold: 50,000 rows
     for start in range(0, ROWS, 10_000):
         chunk = range(start, min(ROWS, start + 10_000))
         await writer.upsert([memory(OWNER, i) for i in chunk], matrix[chunk.start : chunk.stop])

@@ -20,6 +20,7 @@ from worker.store.base import SearchGroup, Vectors
 from worker.store.exact import Found, check_dimensions, top_indexes
 from worker.store.vector_files import RowIds, VectorFile
 
+_NONE = np.zeros(0, dtype=np.intp)
 Present = Callable[[Iterable[int]], set[int]]
 """The rowids, of those given, that are rows of the group now."""
 
@@ -53,9 +54,14 @@ def search_file(
     `spare`: rows of the file gone since it was built; each list asks for that many more,
     so that dropping them still leaves its full count."""
     check_dimensions(file.matrix, group.vectors)
-    exact = None if approximate or not any(group.ks) else group.vectors @ file.matrix.T
+    counts = [k + spare if k else 0 for k in group.ks]
+    asked = [query for query, count in enumerate(counts) if count]
+    positions = dict.fromkeys(range(len(counts)), _NONE)
+    if asked:
+        nearest = file.candidates(group.vectors[asked], [counts[q] for q in asked], approximate)
+        positions.update(zip(asked, nearest, strict=True))
     listed = [
-        _listed(file, delta, group, query, spare, None if exact is None else exact[query])
+        _listed(file, delta, group, query, spare, positions[query])
         for query in range(len(group.ks))
     ]
     alive = present({rowid for one in listed for rowid in (*one.cosine, *one.bm25)})
@@ -76,19 +82,14 @@ def _listed(
     group: SearchGroup,
     query: int,
     spare: int,
-    exact: npt.NDArray[np.float32] | None,
+    positions: npt.NDArray[np.intp],
 ) -> _Listed:
-    """A query's over-asked candidates: vector ones from the file (every row scored, or the
-    index's) and the delta, lexical ones from the file's lexical index."""
+    """A query's over-asked candidates: vector ones from the file (`positions`: every row
+    scored, or the index's) and the delta, lexical ones from the file's lexical index."""
     vector = group.vectors[query]
     k, lexical_k = group.ks[query], group.lexical_k(query)
     cosine: dict[int, float] = {}
     if k:
-        positions = (
-            file.candidates(vector, k + spare, approximate=True)
-            if exact is None
-            else top_indexes(exact, k + spare)
-        )
         cosine.update(_scored(file, positions, vector))
         if len(delta.rowids):
             cosines = (delta.matrix @ vector).tolist()

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from usearch.index import Index
+from usearch.index import BatchMatches, Index
 
 from worker.store.base import Memory, Vectors
 from worker.store.exact import top_indexes
@@ -134,16 +134,25 @@ class VectorFile:
             raise Damaged("its rowids are not the build's")
         return cls(info, rowids, matrix, index, LexicalIndex.load(directory / LEXICAL))
 
-    def candidates(self, query: Vectors, count: int, approximate: bool) -> npt.NDArray[np.intp]:
-        """Positions of (about) the `count` rows nearest `query`: every row scored, or the
-        HNSW index's candidates where `approximate`, the index is trusted and they are
-        fewer than the rows (HNSW need not return every row)."""
-        wanted = max(4 * count, MIN_CANDIDATES)
-        if approximate and self.index is not None and wanted < self.info.rows:
-            self.index.expansion_search = max(2 * wanted, 128)  # type: ignore[misc]
-            found = self.index.search(query, min(wanted, self.info.rows))
-            return np.asarray(found.keys, dtype=np.intp)
-        return top_indexes(self.matrix @ query, count) if count else np.zeros(0, np.intp)
+    def candidates(
+        self, queries: Vectors, counts: Sequence[int], approximate: bool
+    ) -> list[npt.NDArray[np.intp]]:
+        """Per query, positions of (about) its `counts[i]` nearest rows: the HNSW index's
+        candidates (4 x the count, at least MIN_CANDIDATES; one batched call, on every
+        core) where `approximate`, the index is trusted and they are fewer than the rows
+        (HNSW need not return every row); else every row scored."""
+        wanted = max(4 * max(counts, default=0), MIN_CANDIDATES)
+        if not (approximate and self.index is not None and wanted < self.info.rows):
+            scores = queries @ self.matrix.T  # one pass over the file for the batch
+            return [top_indexes(row, count) for row, count in zip(scores, counts, strict=True)]
+        self.index.expansion_search = 2 * wanted  # type: ignore[misc]
+        found = self.index.search(queries, wanted)
+        if not isinstance(found, BatchMatches):  # one query: usearch answers Matches
+            return [np.asarray(found.keys, dtype=np.intp)]
+        return [
+            np.asarray(keys[:count], dtype=np.intp)
+            for keys, count in zip(found.keys, found.counts, strict=True)
+        ]
 
 
 def read_build(directory: Path) -> BuildInfo:
