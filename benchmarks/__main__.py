@@ -90,6 +90,44 @@ def add_agents(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     agents.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
 
 
+def memory_counts(text: str) -> tuple[int, ...]:
+    """Sizes from "1000,10000": memories of the one owner, integers, each at least 1."""
+    try:
+        return batch_sizes(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"sizes are integers >= 1: {text!r}") from None
+
+
+def add_scale(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    scale = commands.add_parser(
+        "scale",
+        help="one owner at 1k..1M memories: search p50/p99, q/s, recall@10, exact and HNSW",
+    )
+    scale.add_argument(
+        "--sizes", type=memory_counts, help="memories (default 1000,10000,100000,1000000)"
+    )
+    scale.add_argument(
+        "--data", choices=("clustered", "uniform"), default="clustered",
+        help="clustered: topics, queries near memories; uniform: no structure (ANN worst case)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--index-min-rows", type=positive, help="a group's rows for a vector file (20000)"
+    )
+    scale.add_argument("--workdir", type=Path, help="where the stores are built (a temp dir)")
+    scale.add_argument("--no-rss", action="store_true", help="skip the serving process's RSS")
+    scale.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from benchmarks import scale
+
+    plan = scale.Plan(
+        data=args.data, rss=not args.no_rss, workdir=args.workdir,
+        index_min_rows=args.index_min_rows or scale.Plan.index_min_rows,
+    )  # fmt: skip
+    return scale.main(args.sizes or scale.SIZES, plan, args.results)
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     parser = argparse.ArgumentParser(prog=prog)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +159,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     add_gpu(commands)
     add_remote_embed(commands)
     add_agents(commands)
+    add_scale(commands)
     return dispatch(parser.parse_args(argv))
 
 
@@ -165,6 +204,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from benchmarks import agents
 
         return agents.main(args.quick, args.results, args.agents, args.turns)
+    elif args.command == "scale":
+        return run_scale(args)
     elif args.command == "chaos":
         from benchmarks import chaos
 
