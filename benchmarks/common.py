@@ -9,7 +9,7 @@ import platform
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +71,25 @@ def write_results(name: str, results: dict[str, Any], directory: Path = RESULTS)
     path = directory / f"{stamp:%Y-%m-%d}-{host}-{name}.json"
     document = {"benchmark": name, "date": stamp.isoformat(), "machine": machine(), **results}
     path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def publish(
+    name: str,
+    results: dict[str, Any],
+    directory: Path,
+    plot: Callable[[dict[str, Any], Path], Path],
+    markdown: Callable[[dict[str, Any]], str],
+) -> Path:
+    """Write the results, draw their plot beside them (where matplotlib is installed) and
+    print their table: how every benchmark ends."""
+    path = write_results(name, results, directory)
+    print(f"\nresults: {path}")
+    try:
+        print(f"plot: {plot(results, path.with_suffix('.png'))}")
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+    print("\n" + markdown(results))
     return path
 
 

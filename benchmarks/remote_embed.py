@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import RESULTS, delete_queues, percentiles, running_worker, write_results
+from benchmarks.common import RESULTS, delete_queues, percentiles, publish, running_worker
 from benchmarks.data import OPENERS, WORDS
 from benchmarks.load import open_loop
 from benchmarks.openai_server import Call, EmbeddingServer, hashed_encoder
@@ -555,14 +555,7 @@ async def benchmark(
         "runs": runs,
         "wall_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    path = write_results(name, results, results_dir)
-    print(f"\nresults: {path}")
-    try:
-        print(f"plot: {plot(results, path.with_suffix('.png'))}")
-    except ImportError:
-        print("no plot: matplotlib is not installed")
-    print("\n" + markdown(results))
-    return path
+    return publish(name, results, results_dir, plot, markdown)
 
 
 def main(

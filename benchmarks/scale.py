@@ -435,19 +435,13 @@ def main(
     sizes: Sequence[int] = SIZES, plan: Plan | None = None, results_dir: Path | None = None
 ) -> int:
     """The command: measure, then write the JSON and a PNG beside it and print the table."""
-    from benchmarks.common import RESULTS, write_results  # its imports are the harness's
+    from benchmarks.common import RESULTS, publish  # its imports are the harness's
 
     configure_logging("error")  # no line per vector file built
     plan = plan or Plan()
     results = asyncio.run(benchmark(sizes, plan))
     name = "scale" if plan.data == "clustered" else f"scale-{plan.data}"
-    path = write_results(name, results, results_dir or RESULTS)
-    print(f"\nresults: {path}")
-    try:
-        print(f"plot: {plot(results, path.with_suffix('.png'))}")
-    except ImportError:
-        print("no plot: matplotlib is not installed")
-    print("\n" + markdown(results))
+    publish(name, results, results_dir or RESULTS, plot, markdown)
     for target in results["targets"]:
         print(f"target {target['memories']:,}: {'met' if target['met'] else 'NOT met'}")
     return 0
