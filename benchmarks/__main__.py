@@ -111,7 +111,7 @@ def add_scale(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="clustered: topics, queries near memories; uniform: no structure (ANN worst case)",
     )  # fmt: skip
     scale.add_argument(
-        "--index-min-rows", type=positive, help="a group's rows for a vector file (20000)"
+        "--index-min-rows", type=positive, help="rows for a vector file (the store's default)"
     )
     scale.add_argument("--workdir", type=Path, help="where the stores are built (a temp dir)")
     scale.add_argument("--no-rss", action="store_true", help="skip the serving process's RSS")

@@ -297,6 +297,21 @@ def rss_mib() -> dict[str, float]:
     return found
 
 
+def mapped_mib(marker: str) -> dict[str, float]:
+    """Resident MiB of this process's mappings of files whose path holds `marker`, per
+    file name (from /proc/self/smaps): which of the store's files RssFile is made of."""
+    found: dict[str, float] = {}
+    name = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and not fields[0].endswith(":"):  # a mapping's header: address range first
+            name = fields[5] if len(fields) > 5 and marker in fields[5] else None
+        elif name is not None and fields[0] == "Rss:":
+            file = Path(name).name
+            found[file] = round(found.get(file, 0.0) + int(fields[1]) / 1024, 1)  # kB
+    return found
+
+
 def child(argv: Sequence[str]) -> None:
     """The serving process: RSS after imports, after opening, and after searching."""
     configure_logging("error")
@@ -311,6 +326,7 @@ def child(argv: Sequence[str]) -> None:
         for query in queries:
             await store.search(one(query[None, :]))
         measured = {"after_open": opened, "after_searches": rss_mib(),  # while it serves
+                    "mapped_after_searches": mapped_mib(path.name + "-vectors"),
                     "paths": dict(store.search_paths())}  # fmt: skip
         await store.close()
         return measured

@@ -61,7 +61,7 @@ class LargeGroups:
 
     def describe(self) -> dict[str, Any]:
         usable = sum(1 for _, file in self._opened.values() if file is not None)
-        return {"mode": f"exact, vector files from {self.min_rows} rows ({self.mode})",
+        return {"large_groups": f"vector files from {self.min_rows} rows, {self.mode} search",
                 "vector_files": usable}  # fmt: skip
 
     def forget(self) -> None:

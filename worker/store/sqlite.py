@@ -136,7 +136,7 @@ class SQLiteStore:
 
     def describe(self) -> dict[str, Any]:
         access = "read-write" if self.writable else "read-only"
-        return {"store": "sqlite", "path": str(self.path), "access": access,
+        return {"store": "sqlite", "path": str(self.path), "mode": "exact", "access": access,
                 **self._files.describe()}  # fmt: skip
 
     def cache_stats(self) -> GroupCacheStats:
