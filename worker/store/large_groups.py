@@ -64,6 +64,11 @@ class LargeGroups:
         return {"large_groups": f"vector files from {self.min_rows} rows, {self.mode} search",
                 "vector_files": usable}  # fmt: skip
 
+    def look_again(self) -> None:
+        """Another connection committed (an init may have rebuilt a damaged file under the
+        same name): files found unusable are tried again at their next search."""
+        self._opened = {key: held for key, held in self._opened.items() if held[1] is not None}
+
     def forget(self) -> None:
         """The store file was replaced or closed: its vector files are another store's."""
         self._opened.clear()

@@ -235,6 +235,7 @@ class SQLiteStore:
         try:
             if version != self._data_version:  # another connection committed
                 self.cache.clear()
+                self._files.look_again()
                 self._data_version = version
             scored = [self._score(conn, group) for group in groups]
             wanted = {int(ids[f[0]]) for ids, per_query in scored for fs in per_query for f in fs}
