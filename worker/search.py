@@ -159,24 +159,32 @@ async def search_and_rank(
             if len(candidates[index][memory_type]) != len(hits):
                 log.error("store returned foreign memories", request_id=requests[index].request_id)
     return [
-        failed[index]
-        if index in failed
-        else {
-            memory_type: rank(
-                candidates[index][memory_type],
-                limit=limit,
-                now=now,
-                weights=request.weights,
-                min_score=request.min_score,
-                memory_type=memory_type,
-                ranking=request.ranking,
-                search=request.search or search,
-                fusion=request.fusion,
-            )
-            for memory_type, limit in request.limits.items()
-        }
+        failed[index] if index in failed else _ranked(request, candidates[index], now, search)
         for index, request in enumerate(requests)
     ]
+
+
+def _ranked(
+    request: RetrievalRequest,
+    candidates: dict[str, list[Candidate]],
+    now: float,
+    search: SearchMode,
+) -> dict[str, list[MemoryHit]]:
+    """One request's hits per memory type, ranked as it asked."""
+    return {
+        memory_type: rank(
+            candidates[memory_type],
+            limit=limit,
+            now=now,
+            weights=request.weights,
+            min_score=request.min_score,
+            memory_type=memory_type,
+            ranking=request.ranking,
+            search=request.search or search,
+            fusion=request.fusion,
+        )
+        for memory_type, limit in request.limits.items()
+    }
 
 
 async def searched(
