@@ -28,7 +28,6 @@ from worker.store.vector_files import (
     Damaged,
     GroupRows,
     RowIds,
-    Slots,
     VectorFile,
     extend,
     group_directory,
@@ -43,7 +42,6 @@ MAX_SPARE = 10_000  # rows replaced since a build that a search still over-asks 
 INDEXED = "SELECT memory_type, memory_id, indexed_through FROM groups WHERE indexed_through > 0"
 LARGE = "SELECT memory_type, memory_id, size, indexed_through FROM groups WHERE size >= ?"
 LARGEST = "SELECT max(rowid) FROM memories WHERE memory_type = ? AND memory_id = ?"
-SIZE_OF = "SELECT indexed_through FROM groups WHERE memory_type = ? AND memory_id = ?"
 MARK = "UPDATE groups SET indexed_through = ? WHERE memory_type = ? AND memory_id = ?"
 UNREADABLE = (Damaged, OSError, ValueError, RuntimeError)  # what a bad file raises
 
@@ -166,53 +164,45 @@ class LargeGroups:
         return file
 
     def build_all(self, conn: sqlite3.Connection) -> None:
-        """Build the vector file of every large group without a current, intact one."""
+        """Build the vector file of every large group without a current, intact one. Each
+        last build is opened (its checksums read) once: to see whether it is current, and
+        then as the build the new one extends."""
         if not self.min_rows:
             return
-        large = conn.execute(LARGE, (self.min_rows,)).fetchall()
-        stale = [
-            (t, o)
-            for t, o, size, through in large
-            if not self._current(conn, (t, o), size, through)
-        ]
-        for key in tqdm(stale, desc="vector files", unit="group", disable=not stale):
-            self._build(conn, key)
+        stale: list[tuple[Key, VectorFile | None]] = []
+        for kind, owner, size, through in conn.execute(LARGE, (self.min_rows,)).fetchall():
+            key = (kind, owner)
+            previous = self._intact(conn, key, through)
+            largest = conn.execute(LARGEST, key).fetchone()[0]
+            if previous is None or (previous.info.rows, through) != (size, largest):
+                stale.append((key, previous))
+        for key, previous in tqdm(stale, desc="vector files", unit="group", disable=not stale):
+            self._build(conn, key, previous)
 
-    def _extending(
-        self, conn: sqlite3.Connection, key: Key, rows: GroupRows
-    ) -> tuple[Path, Slots] | None:
-        """The group's last build and how the new one extends it, where it can (an intact
-        build of this store, few rows gone since): an upsert then costs the new rows'
-        insertions into the graph, not a whole new graph."""
-        (through,) = conn.execute(SIZE_OF, key).fetchone() or (None,)
+    def _intact(self, conn: sqlite3.Connection, key: Key, through: int | None) -> VectorFile | None:
+        """The group's last build, verified; None where it has none or it is damaged."""
         if not through:
             return None
         try:
-            previous = self._open(conn, key, through)
-        except UNREADABLE:
-            return None
-        slots = extend(rows, previous)
-        directory = group_directory(self.root, *key) / str(through)
-        return None if slots is None else (directory, slots)
-
-    def _current(self, conn: sqlite3.Connection, key: Key, size: int, through: int | None) -> bool:
-        if not through or conn.execute(LARGEST, key).fetchone()[0] != through:
-            return False
-        try:
-            return self._open(conn, key, through).info.rows == size
+            return self._open(conn, key, through)
         except UNREADABLE as exc:
             log.warning("vector file damaged: rebuilding it", memory_type=key[0], reason=str(exc))
-            return False
+            return None
 
-    def _build(self, conn: sqlite3.Connection, key: Key) -> None:
-        """One group's build from one snapshot of its rows, then marked in the groups table
-        (a commit: readers see data_version move and look again)."""
+    def _build(self, conn: sqlite3.Connection, key: Key, previous: VectorFile | None) -> None:
+        """One group's build from one snapshot of its rows, extending `previous` where it
+        can (few rows gone since: an upsert then costs the new rows' insertions into the
+        graph, not a whole new graph), then marked in the groups table (a commit: readers
+        see data_version move and look again)."""
         with conn:  # a read transaction: the rows and the store id of one snapshot
             conn.execute("BEGIN")
             rows = GroupRows(*load_for_build(conn, *key))
             store = store_id(conn)
         directory = group_directory(self.root, *key)
-        info = write_build(directory, key, store, rows, self._extending(conn, key, rows))
+        extending = None
+        if previous is not None and (slots := extend(rows, previous)) is not None:
+            extending = (directory / str(previous.info.through), slots)
+        info = write_build(directory, key, store, rows, extending)
         with conn:
             conn.execute(MARK, (info.through, *key))
         remove_older(directory, info.through)
