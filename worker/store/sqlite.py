@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +46,7 @@ from worker.store.sqlite_file import (
     open_for_reading,
     open_for_writing,
 )
-from worker.store.sqlite_rows import ROWS_PER_QUERY, RowIds, load_group, write_rows
+from worker.store.sqlite_rows import RowIds, load_group, load_texts, rows_in, write_rows
 from worker.store.vector_files import vectors_root
 from worker.threads import single_thread
 
@@ -55,10 +54,6 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
-TEXT_QUERY = (
-    "SELECT rowid, id, content, summary_content, timestamp FROM memories "
-    "WHERE memory_type = ? AND memory_id = ?"
-)
 ROWS_QUERY = "SELECT rowid, " + ", ".join(MEMORY_COLUMNS) + " FROM memories WHERE rowid IN ({})"
 SIZES_QUERY = "SELECT DISTINCT length(embedding) FROM (SELECT embedding FROM memories LIMIT 1000)"
 JSON_INDEXES = tuple(MEMORY_COLUMNS.index(name) for name in JSON_COLUMNS)
@@ -259,28 +254,27 @@ class SQLiteStore:
             return served
         if counted:
             group = replace(group, queries=(), lexical_ks=())
-        cached = self._group(conn, group.collection, group.owner, count=not counted)
+        cached, path = self._group(conn, group.collection, group.owner)
+        if not counted:
+            self._files.paths[path] += 1
         if any(group.lexical_ks) and cached.lexical is None:
             cached.lexical = _lexical_index(conn, group, cached.ids)
             if cached.nbytes <= self.cache.max_bytes:  # kept again, now with its words
                 self.cache.put((group.collection, group.owner), cached, cached.nbytes)
         return cached.ids, search_group(cached.matrix, cached.lexical, group)
 
-    def _group(
-        self, conn: sqlite3.Connection, collection: str, owner: str, *, count: bool
-    ) -> Group:
-        """The group's rows from the cache, or loaded (and kept where they fit); `count`:
-        count the path taken (false where the group was counted already)."""
+    def _group(self, conn: sqlite3.Connection, collection: str, owner: str) -> tuple[Group, str]:
+        """The group's rows from the cache, or loaded (and kept where they fit), and the path
+        that took (SearchPaths: cache, load, oversize)."""
         key = (collection, owner)
-        paths: SearchPaths = self._files.paths if count else Counter()
         cached = self.cache.get(key)
         if cached is not None:
-            paths["cache"] += 1
-            return cached
+            return cached, "cache"
         ids, matrix = load_group(conn, collection, owner)
         group = Group(ids, matrix)
+        path = "load"
         if group.nbytes > self.cache.max_bytes:
-            paths["oversize"] += 1
+            path = "oversize"
             self._files.warn_once(
                 key, "oversize", "group larger than the whole group cache: loaded from the "
                 "rows for every batch; raise RECALLQ_SQLITE_CACHE_MB, or lower "
@@ -288,10 +282,8 @@ class SQLiteStore:
                 rows=len(ids), mib=round(group.nbytes / 2**20),
                 cache_mib=self.cache.max_bytes >> 20,
             )  # fmt: skip
-        else:
-            paths["load"] += 1
         self.cache.put(key, group, group.nbytes)
-        return group
+        return group, path
 
 
 @dataclass
@@ -311,23 +303,11 @@ class Group:
 
 def _lexical_index(conn: sqlite3.Connection, group: SearchGroup, ids: RowIds) -> LexicalIndex:
     """The group's lexical index, its documents in the order of `ids` (the vectors')."""
-    rows = conn.execute(TEXT_QUERY, (group.collection, group.owner)).fetchall()
-    texts = {
-        rowid: Memory(id=id_, memory_id=group.owner, memory_type=group.collection,
-                      content=content, summary_content=summary, timestamp=timestamp)
-        for rowid, id_, content, summary, timestamp in rows
-    }  # fmt: skip
-    return LexicalIndex.of([texts[int(rowid)] for rowid in ids])
+    return LexicalIndex.of(load_texts(conn, group.collection, group.owner, ids))
 
 
 def _fetch_memories(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Memory]:
-    memories = {}
-    for start in range(0, len(rowids), ROWS_PER_QUERY):
-        chunk = rowids[start : start + ROWS_PER_QUERY]
-        query = ROWS_QUERY.format(",".join("?" * len(chunk)))
-        for row in conn.execute(query, chunk):
-            memories[row[0]] = _memory(row[1:])
-    return memories
+    return {row[0]: _memory(row[1:]) for row in rows_in(conn, ROWS_QUERY, rowids)}
 
 
 def _row(memory: Memory, vector: Vectors) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,12 +87,18 @@ def present(
     conn: sqlite3.Connection, collection: str, owner: str, rowids: Iterable[int]
 ) -> set[int]:
     """Of `rowids`, those that are rows of the group now."""
-    wanted, found = sorted(rowids), set[int]()
-    for start in range(0, len(wanted), ROWS_PER_QUERY):
-        chunk = wanted[start : start + ROWS_PER_QUERY]
-        query = PRESENT_QUERY.format(",".join("?" * len(chunk)))
-        found.update(row[0] for row in conn.execute(query, (collection, owner, *chunk)))
-    return found
+    rows = rows_in(conn, PRESENT_QUERY, sorted(rowids), (collection, owner))
+    return {row[0] for row in rows}
+
+
+def rows_in(
+    conn: sqlite3.Connection, query: str, rowids: Sequence[int], before: tuple[Any, ...] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """The rows `query` (its `rowid IN ({})` left to fill) finds for `rowids`, asked in
+    chunks under SQLite's bound on variables; `before`: its parameters ahead of them."""
+    for start in range(0, len(rowids), ROWS_PER_QUERY):
+        chunk = rowids[start : start + ROWS_PER_QUERY]
+        yield from conn.execute(query.format(",".join("?" * len(chunk))), (*before, *chunk))
 
 
 def _matrix(rows: list[tuple[int, bytes]]) -> tuple[RowIds, Vectors]:
@@ -103,22 +109,31 @@ def _matrix(rows: list[tuple[int, bytes]]) -> tuple[RowIds, Vectors]:
     return ids, np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), -1)
 
 
-BUILD_QUERY = (
-    "SELECT rowid, id, content, summary_content, timestamp, embedding FROM memories "
+TEXT_QUERY = (
+    "SELECT rowid, id, content, summary_content, timestamp FROM memories "
     "WHERE memory_type = ? AND memory_id = ?"
 )
+
+
+def load_texts(
+    conn: sqlite3.Connection, collection: str, owner: str, rowids: RowIds
+) -> list[Memory]:
+    """The group's memories as its lexical index reads them (id, texts, time: no
+    embedding, no other field), in the order of `rowids`."""
+    texts = {
+        rowid: Memory(id=id_, memory_id=owner, memory_type=collection, content=content,
+                      summary_content=summary, timestamp=timestamp)
+        for rowid, id_, content, summary, timestamp in conn.execute(TEXT_QUERY, (collection, owner))
+    }  # fmt: skip
+    return [texts[int(rowid)] for rowid in rowids]
 
 
 def load_for_build(
     conn: sqlite3.Connection, collection: str, owner: str
 ) -> tuple[RowIds, Vectors, list[Memory]]:
-    """A group's rowids, embeddings and texts (what its lexical index is made of), sorted
-    by rowid, for its vector file."""
-    rows = sorted(conn.execute(BUILD_QUERY, (collection, owner)).fetchall())
-    ids, matrix = _matrix([(row[0], row[5]) for row in rows])
-    texts = [
-        Memory(id=id_, memory_id=owner, memory_type=collection, content=content,
-               summary_content=summary, timestamp=timestamp)
-        for _, id_, content, summary, timestamp, _ in rows
-    ]  # fmt: skip
-    return ids, matrix, texts
+    """A group's rowids, embeddings and texts, sorted by rowid, for its vector file."""
+    ids, matrix = load_group(conn, collection, owner)
+    if np.any(ids[1:] < ids[:-1]):  # the owner index gives rowid order; make sure of it
+        order = np.argsort(ids)
+        ids, matrix = ids[order], matrix[order]
+    return ids, matrix, load_texts(conn, collection, owner, ids)
