@@ -51,15 +51,21 @@ def search_group(
         words = (
             [] if bm25 is None else [i for i in best(bm25, group.lexical_k(query)) if bm25[i] > 0]
         )
-        lexical_rank = {index: rank for rank, index in enumerate(words, start=1)}
-        vector_rank = {index: rank for rank, index in enumerate(vector, start=1)}
-        union = vector + [index for index in words if index not in vector_rank]
         found.append([
-            (index, float(row[index]), vector_rank.get(index),
-             None if bm25 is None else float(bm25[index]), lexical_rank.get(index))
-            for index in union
+            (index, float(row[index]), vector_rank,
+             None if bm25 is None else float(bm25[index]), lexical_rank)
+            for index, vector_rank, lexical_rank in union(vector, words)
         ])  # fmt: skip
     return found
+
+
+def union(vector: list[int], words: list[int]) -> list[tuple[int, int | None, int | None]]:
+    """A query's candidates: its vector list, then the lexical list's rows it lacks, each
+    with its 1-based rank in either list (None: not in it)."""
+    vector_rank = {item: rank for rank, item in enumerate(vector, start=1)}
+    lexical_rank = {item: rank for rank, item in enumerate(words, start=1)}
+    merged = vector + [item for item in words if item not in vector_rank]
+    return [(item, vector_rank.get(item), lexical_rank.get(item)) for item in merged]
 
 
 def dimension_mismatch(found: dict[str, list[int]], dimensions: int, model: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.store.base import SearchGroup, Vectors
-from worker.store.exact import Found, check_dimensions, top_indexes
+from worker.store.exact import Found, check_dimensions, top_indexes, union
 from worker.store.vector_files import RowIds, VectorFile
 
 _NONE = np.zeros(0, dtype=np.intp)
@@ -89,8 +89,9 @@ def _listed(
     vector = group.vectors[query]
     k, lexical_k = group.ks[query], group.lexical_k(query)
     cosine: dict[int, float] = {}
+    place: dict[int, int] = {}  # a file row's position, by rowid (delta rows have none)
     if k:
-        cosine.update(_scored(file, positions, vector))
+        _scored(file, positions, vector, cosine, place)
         if len(delta.rowids):
             cosines = (delta.matrix @ vector).tolist()
             cosine.update(zip(delta.rowids.tolist(), cosines, strict=True))
@@ -98,12 +99,10 @@ def _listed(
     if lexical_k:
         scores = file.lexical.scores(group.queries[query])
         matching = np.flatnonzero(scores > 0)  # few of a million rows, for most queries
-        words = matching[top_indexes(scores[matching], lexical_k + spare)].tolist()
-        cosine.update(
-            {r: c for r, c in _scored(file, np.asarray(words), vector) if r not in cosine}
-        )
-        in_file = {int(r): float(scores[p]) for p, r in zip(words, file.rowids[words], strict=True)}
-        bm25 = {r: in_file[r] if r in in_file else _bm25_of(file, r, scores) for r in cosine}
+        _scored(file, matching[top_indexes(scores[matching], lexical_k + spare)], vector,
+                cosine, place)  # fmt: skip
+        # A delta row is in no lexical index until the next build: BM25 0.
+        bm25 = {r: float(scores[place[r]]) if r in place else 0.0 for r in cosine}
     return _Listed(cosine, bm25)
 
 
@@ -116,14 +115,11 @@ def _ranked(
     words = _best(
         {r: s for r, s in one.bm25.items() if r in alive and s > 0}, group.lexical_k(query)
     )
-    vector_rank = {rowid: rank for rank, rowid in enumerate(vector, start=1)}
-    lexical_rank = {rowid: rank for rank, rowid in enumerate(words, start=1)}
     lexical = bool(group.lexical_k(query))
-    union = vector + [rowid for rowid in words if rowid not in vector_rank]
     return [
-        (rowid, one.cosine[rowid], vector_rank.get(rowid),
-         one.bm25.get(rowid, 0.0) if lexical else None, lexical_rank.get(rowid))
-        for rowid in union
+        (rowid, one.cosine[rowid], vector_rank,
+         one.bm25.get(rowid, 0.0) if lexical else None, lexical_rank)
+        for rowid, vector_rank, lexical_rank in union(vector, words)
     ]  # fmt: skip
 
 
@@ -133,17 +129,16 @@ def _best(scores: dict[int, float], k: int) -> list[int]:
 
 
 def _scored(
-    file: VectorFile, positions: npt.NDArray[np.intp], vector: Vectors
-) -> Iterable[tuple[int, float]]:
-    """(rowid, exact cosine) of file rows, from the float32 vectors."""
-    if not len(positions):
-        return []
+    file: VectorFile,
+    positions: npt.NDArray[np.intp],
+    vector: Vectors,
+    cosine: dict[int, float],
+    place: dict[int, int],
+) -> None:
+    """Add file rows' exact cosines (from the float32 vectors) and positions, by rowid."""
     positions = np.sort(positions)  # mapped pages in file order
-    cosines = file.matrix[positions] @ vector
-    return zip(file.rowids[positions].tolist(), cosines.tolist(), strict=True)
-
-
-def _bm25_of(file: VectorFile, rowid: int, scores: npt.NDArray[np.float32]) -> float:
-    """A vector candidate's BM25: its file row's score; a delta row has none yet (0)."""
-    position = file.position(rowid)
-    return 0.0 if position is None else float(scores[position])
+    cosines: list[float] = (file.matrix[positions] @ vector).tolist() if len(positions) else []
+    for position, rowid, value in zip(
+        positions.tolist(), file.rowids[positions].tolist(), cosines, strict=True
+    ):
+        cosine[rowid], place[rowid] = value, position

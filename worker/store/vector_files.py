@@ -102,15 +102,6 @@ class VectorFile:
     matrix: Vectors
     index: Index | None  # None when the index failed its recall check
     lexical: LexicalIndex
-    _ascending: RowIds | None = None  # rowids made non-decreasing, for position()
-
-    def position(self, rowid: int) -> int | None:
-        """The position of a live row: rowids rise with position, dead slots between."""
-        if self._ascending is None:  # each dead slot holds the rowid before it
-            self._ascending = np.maximum.accumulate(np.asarray(self.rowids))
-        place = int(np.searchsorted(self._ascending, rowid))
-        found = place < len(self.rowids) and int(self.rowids[place]) == rowid
-        return place if found else None
 
     @classmethod
     def open(cls, directory: Path, info: BuildInfo) -> VectorFile:
