@@ -7,6 +7,7 @@ without RabbitMQ's client, Celery or matplotlib, which the others import.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -19,6 +20,25 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes are integers >= 1: {text!r}")
     return sizes
+
+
+def integers(what: str, unit: str = "") -> Callable[[str], tuple[int, ...]]:
+    """A parser of "10,50" for `what` (offered loads, agents at once, sizes): integers,
+    each at least 1, its error naming them."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return batch_sizes(text)
+        except argparse.ArgumentTypeError:
+            message = f"{what} are integers >= 1{unit}: {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
+
+
+rates = integers("loads", " (req/s)")
+agent_counts = integers("agents")
+memory_counts = integers("sizes")
 
 
 def add_gpu(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,14 +58,6 @@ def add_gpu(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )  # fmt: skip
 
 
-def rates(text: str) -> tuple[int, ...]:
-    """Offered loads from "10,50": requests/s, integers, each at least 1."""
-    try:
-        return batch_sizes(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"loads are integers >= 1 (req/s): {text!r}") from None
-
-
 def add_remote_embed(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     remote = commands.add_parser(
         "remote-embed",
@@ -58,14 +70,6 @@ def add_remote_embed(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--calls-per-minute", type=float, help="the provider's rate limit (default 3000)"
     )
     remote.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
-
-
-def agent_counts(text: str) -> tuple[int, ...]:
-    """Agents at once from "1,8,32": integers, each at least 1."""
-    try:
-        return batch_sizes(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"agents are integers >= 1: {text!r}") from None
 
 
 def positive(text: str) -> int:
@@ -88,14 +92,6 @@ def add_agents(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     agents.add_argument("--agents", type=agent_counts, help="agents at once (default 1,8,32)")
     agents.add_argument("--turns", type=positive, help="timed turns per agent (default 10)")
     agents.add_argument("--results", type=Path, help="where the JSON goes (benchmarks/results)")
-
-
-def memory_counts(text: str) -> tuple[int, ...]:
-    """Sizes from "1000,10000": memories of the one owner, integers, each at least 1."""
-    try:
-        return batch_sizes(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"sizes are integers >= 1: {text!r}") from None
 
 
 def add_scale(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
